@@ -1,0 +1,153 @@
+"""``execgate``: run tool calls on an execgated daemon from a shell.
+
+    execgate run [--agent A] [--tool T] [--cwd DIR] [--timeout S] [--env K=V] [-i] -- ARGV...
+    execgate call TOOL [NAME=VALUE ...]
+    execgate agents
+
+Exit status of ``run`` and ``call``: the command's own; 128+N when it was killed by signal N;
+124 on timeout; 126 when the policy refused the call; 127 when an allowed command is not on
+the daemon's PATH; 125 for execgate's own failures (connection, authentication, usage, the
+output limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from execgate.client._client import Client
+from execgate.client._exceptions import (
+    ApprovalDeniedError,
+    AuthenticationError,
+    CommandNotFoundError,
+    ExecgateError,
+    PermissionDeniedError,
+    RPCError,
+)
+from execgate.client._models import Event, Exited, ExitReason, OutputChunk
+
+EXIT_TIMEOUT = 124
+EXIT_EXECGATE = 125
+EXIT_DENIED = 126
+EXIT_NOT_FOUND = 127
+
+
+def _stdin_chunks(stream: BinaryIO) -> Iterator[bytes]:
+    while chunk := os.read(stream.fileno(), 64 * 1024):
+        yield chunk
+
+
+def exit_status(exited: Exited) -> int:
+    """The shell's view of how a run ended."""
+    if exited.reason is ExitReason.TIMEOUT:
+        return EXIT_TIMEOUT
+    if exited.reason in (ExitReason.OUTPUT_LIMIT, ExitReason.CANCELLED,
+                         ExitReason.UNSPECIFIED):
+        return EXIT_EXECGATE
+    if exited.signal:
+        return 128 + exited.signal
+    return exited.exit_code
+
+
+def _copy(events: Iterator[Event]) -> int:
+    """Copy output byte-exact to our own stdout/stderr; return the exit status."""
+    sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    for event in events:
+        if isinstance(event, OutputChunk):
+            sink = sinks[event.stream]
+            sink.write(event.data)
+            sink.flush()
+        elif isinstance(event, Exited):
+            if event.reason not in (ExitReason.EXITED, ExitReason.SIGNALED) and event.message:
+                print(f"execgate: {event.reason.name.lower()}: {event.message}", file=sys.stderr)
+            return exit_status(event)
+    print("execgate: the daemon ended the call without an exit status", file=sys.stderr)
+    return EXIT_EXECGATE
+
+
+def error_status(exc: ExecgateError) -> tuple[int, str]:
+    """Exit status and message for an error."""
+    if isinstance(exc, AuthenticationError):
+        return EXIT_EXECGATE, f"unauthenticated: {exc}"
+    if isinstance(exc, ApprovalDeniedError):
+        return EXIT_DENIED, f"approval denied: {exc}"
+    if isinstance(exc, PermissionDeniedError):
+        return EXIT_DENIED, f"denied: {exc}"
+    if isinstance(exc, CommandNotFoundError):
+        return EXIT_NOT_FOUND, f"not found: {exc}"
+    if isinstance(exc, RPCError):
+        return EXIT_EXECGATE, f"{exc.status.name.lower()}: {exc}"
+    return EXIT_EXECGATE, str(exc)
+
+
+def _parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"execgate: {what} {pair!r} is not NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", help="daemon address (default: $EXECGATE_TARGET, "
+                        "else 127.0.0.1:7878)")
+    common.add_argument("--token", help="API key or JWT (default: $EXECGATE_TOKEN, else the "
+                        "local token of a daemon on its embedded default)")
+    common.add_argument("--agent", default="", help="agent to act as (optional when only one)")
+    parser = argparse.ArgumentParser(prog="execgate", description=__doc__.splitlines()[0],
+                                     epilog="Run 'execgate COMMAND --help' for details.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", parents=[common], help="run a command tool")
+    run.add_argument("--tool", default="", help="command tool (optional when only one)")
+    run.add_argument("--cwd", default="", help="directory inside the tool's working directory")
+    run.add_argument("--timeout", type=float, help="seconds (at most the tool's maximum)")
+    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("-i", "--stdin", action="store_true", help="forward our stdin")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command and arguments")
+    call = commands.add_parser("call", parents=[common], help="call a function tool")
+    call.add_argument("tool")
+    call.add_argument("arguments", nargs="*", metavar="NAME=VALUE")
+    call.add_argument("--timeout", type=float)
+    commands.add_parser("agents", parents=[common], help="list the agents you can see")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``execgate``."""
+    args = _parser().parse_args(argv)
+    try:
+        with Client(args.target, token=args.token) as client:
+            if args.command == "agents":
+                for agent in client.agents():
+                    tools = ", ".join(f"{t.name} ({t.type})" for t in agent.tools)
+                    print(f"{agent.name}\t{agent.visibility}\t{tools}")
+                return 0
+            if args.command == "call":
+                return _copy(client.stream(None, agent=args.agent, tool=args.tool,
+                                           arguments=_parse_pairs(args.arguments, "argument"),
+                                           timeout=args.timeout))
+            command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            if not command:
+                print("execgate: give the command after --, e.g. execgate run -- ls -l",
+                      file=sys.stderr)
+                return EXIT_EXECGATE
+            return _copy(client.stream(
+                command, agent=args.agent, tool=args.tool, cwd=args.cwd,
+                env=_parse_pairs(args.env, "--env"), timeout=args.timeout,
+                stdin=_stdin_chunks(sys.stdin.buffer) if args.stdin else None))
+    except ExecgateError as exc:
+        status, message = error_status(exc)
+        print(f"execgate: {message}", file=sys.stderr)
+        return status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""What the client hands back: plain frozen dataclasses, no protobuf."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ExitReason(enum.Enum):
+    """Why a run ended."""
+
+    UNSPECIFIED = 0
+    EXITED = 1
+    """The command exited by itself; see ``exit_code``."""
+    SIGNALED = 2
+    """The command was killed by a signal the daemon did not send; see ``signal``."""
+    TIMEOUT = 3
+    """The daemon stopped it at its deadline."""
+    OUTPUT_LIMIT = 4
+    """The daemon stopped it when its output passed the limit."""
+    CANCELLED = 5
+    """The call was cancelled."""
+    TOOL_ERROR = 6
+    """A function tool failed; see ``message``."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Exactly what the daemon runs for a call."""
+
+    agent: str
+    tool: str
+    executable: str
+    """Absolute path of the executable, or ``function:<handler>``."""
+    argv: tuple[str, ...]
+    cwd: str
+    env_names: tuple[str, ...]
+    timeout: float
+    output_limit_bytes: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """The call passed the policy and is running."""
+
+    run_id: str
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of the command's stdout or stderr, with its offset in that stream."""
+
+    stream: str
+    """``stdout`` or ``stderr``."""
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exited:
+    """How a run ended and what it cost."""
+
+    reason: ExitReason
+    exit_code: int
+    signal: int
+    message: str
+    wall_time: float
+    user_time: float
+    system_time: float
+    max_rss_bytes: int
+    stdout_bytes: int
+    stderr_bytes: int
+    dropped_bytes: int
+
+
+Event = Started | OutputChunk | Exited
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished call: its output and how it ended."""
+
+    run_id: str
+    plan: Plan
+    stdout: bytes
+    stderr: bytes
+    exit: Exited
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit status (0 when it was killed by a signal)."""
+        return self.exit.exit_code
+
+    @property
+    def reason(self) -> ExitReason:
+        """Why the run ended."""
+        return self.exit.reason
+
+    @property
+    def signal(self) -> int:
+        """The signal that killed the command, or 0."""
+        return self.exit.signal
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """A tool an agent has."""
+
+    name: str
+    type: str
+    """``command`` or ``function``."""
+    handler: str
+    require_approval: bool
+    allowed_commands: tuple[str, ...]
+    deny_by_default: bool
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """An agent the caller can see."""
+
+    name: str
+    visibility: str
+    tools: tuple[ToolInfo, ...]

@@ -1,0 +1,54 @@
+"""Audit: every step of a tool call leaves one structured event.
+
+Events carry who asked, what was decided and which rule decided it. They never carry
+environment values or file contents (either may hold a secret): names and sizes only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from execgate.daemon.model import CommandPlan, Denial, Exit, Plan, Principal, ToolCall
+
+
+class Audit:
+    """Writes audit events through the configured logger."""
+
+    def __init__(self, logger: Any | None = None) -> None:
+        self._log = (logger or structlog.get_logger()).bind(audit=True)
+
+    def unauthenticated(self, method: str, peer: str, denial: Denial) -> None:
+        """A call refused before it had an identity."""
+        self._log.warning("call.unauthenticated", method=method, peer=peer, reason=denial.message)
+
+    def denied(self, principal: Principal, call: ToolCall, denial: Denial) -> None:
+        """A call refused by access, policy or limits."""
+        self._log.warning(
+            "call.denied", subject=principal.subject, auth=principal.method, agent=call.agent,
+            tool=call.tool, argv=list(call.argv), arguments=sorted(call.arguments),
+            cwd=call.cwd, env=sorted(call.env), kind=denial.kind.value, rule=denial.rule,
+            reason=denial.message)
+
+    def started(self, run_id: str, principal: Principal, plan: Plan) -> None:
+        """A call allowed: exactly what runs."""
+        fields: dict[str, Any] = {"agent": plan.agent, "tool": plan.tool,
+                                  "executable": plan.executable,
+                                  "timeout": plan.limits.timeout}
+        if isinstance(plan, CommandPlan):
+            fields.update(argv=list(plan.argv), cwd=str(plan.cwd), env=sorted(plan.env))
+        else:
+            fields.update(path=plan.arguments.get("path"),
+                          arguments={k: len(v) for k, v in plan.arguments.items()})
+        self._log.info("run.started", run_id=run_id, subject=principal.subject,
+                       auth=principal.method, **fields)
+
+    def exited(self, run_id: str, principal: Principal, exit: Exit) -> None:
+        """A run ended: how, and what it cost."""
+        self._log.info(
+            "run.exited", run_id=run_id, subject=principal.subject, reason=exit.reason.name,
+            exit_code=exit.exit_code, signal=exit.signal, wall_time=round(exit.wall_time, 6),
+            user_time=exit.user_time, system_time=exit.system_time,
+            max_rss_bytes=exit.max_rss_bytes, stdout_bytes=exit.stdout_bytes,
+            stderr_bytes=exit.stderr_bytes, dropped_bytes=exit.dropped_bytes)

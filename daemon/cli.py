@@ -1,0 +1,135 @@
+"""``execgated``: serve a policy, or check one.
+
+    execgated serve [--config FILE] [--listen ADDR ...]
+    execgated check-config FILE
+"""
+
+from __future__ import annotations
+
+import os
+
+# gRPC must never try to survive a fork of this process: nothing here forks with Python code.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import secrets  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import structlog  # noqa: E402
+
+from execgate.client._local import write_local_token  # noqa: E402
+from execgate.daemon.config import (  # noqa: E402
+    DEFAULT_POLICY,
+    ConfigError,
+    LoadedPolicy,
+    LoggerConfig,
+    expansion_env,
+    load_policy,
+    parse_policy,
+    unenforced,
+)
+from execgate.daemon.server import StartupError, listeners, serve  # noqa: E402
+
+EXIT_CONFIG = 2
+
+
+def configure_logging(config: LoggerConfig) -> None:
+    """structlog to stderr, JSON or text, at the policy's level."""
+    level = logging.getLevelNamesMapping()[{"warn": "WARNING"}.get(config.level,
+                                                                   config.level.upper())]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if config.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True)
+
+
+def _check_config(path: Path) -> int:
+    try:
+        loaded = load_policy(path)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    security, other = unenforced(loaded.config)
+    for warning in loaded.warnings:
+        print(f"  warning: {warning}")
+    for item in other:
+        print(f"  not enforced: {item}")
+    for item in security:
+        print(f"  not enforced (serve refuses to start): {item}")
+    print(f"{path}: valid")
+    return 0
+
+
+def _serve(config_path: Path | None, listen: list[str]) -> int:
+    token = None
+    if config_path is None:
+        # The embedded default: a fresh local token so that only this user can call it.
+        token = secrets.token_urlsafe(32)
+        env = {**expansion_env(None, Path.cwd()), "EXECGATE_LOCAL_TOKEN": token}
+        loaded: LoadedPolicy = parse_policy(DEFAULT_POLICY, "(embedded default)", env)
+    else:
+        loaded = load_policy(config_path)
+    configure_logging(loaded.config.logger)
+    log = structlog.get_logger()
+    security, other = unenforced(loaded.config)
+    for warning in (*loaded.warnings, *other):
+        log.warning("config", warning=warning)
+    if security:
+        for item in security:
+            print(f"execgated: refusing to start: {item}", file=sys.stderr)
+        print("execgated: remove these settings, or run a release that enforces them",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    addresses = listeners(loaded.config, listen)
+
+    def ready(bound: list[str]) -> None:
+        if token is not None:
+            path = write_local_token(bound[0], token)
+            print(f"execgated: embedded default policy (read-only commands in "
+                  f"{Path.cwd() / 'workspace'}); token in {path} (execgate finds it; other "
+                  "clients send 'authorization: Bearer <token>')", flush=True)
+        print(f"execgated: serving on {', '.join(bound)}", flush=True)
+
+    asyncio.run(serve(loaded.config, addresses, Path.cwd(), ready,
+                      create_jails=config_path is None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``execgated``."""
+    parser = argparse.ArgumentParser(prog="execgated", description=__doc__.splitlines()[1])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve tool calls")
+    serve_cmd.add_argument("--config", type=Path,
+                           help="policy file (default: the embedded safe default)")
+    serve_cmd.add_argument("--listen", action="append", default=[], metavar="ADDR",
+                           help="HOST:PORT or unix:PATH; repeatable; overrides the policy")
+    check_cmd = commands.add_parser("check-config", help="validate a policy file")
+    check_cmd.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.file)
+        return _serve(args.config, args.listen)
+    except ConfigError as exc:
+        print(f"execgated: {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"execgated: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Policy files: schema, loading, environment expansion and the embedded default."""
+
+from execgate.daemon.config._default import DEFAULT_POLICY, DEFAULT_TARGET
+from execgate.daemon.config._load import (
+    ConfigError,
+    LoadedPolicy,
+    expansion_env,
+    load_policy,
+    parse_policy,
+    unenforced,
+)
+from execgate.daemon.config._schema import (
+    FUNCTION_HANDLERS,
+    AgentConfig,
+    ApiKey,
+    AuthConfig,
+    LoggerConfig,
+    PolicyConfig,
+    ServerConfig,
+    ToolConfig,
+    parse_duration,
+    parse_size,
+)
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "DEFAULT_TARGET",
+    "FUNCTION_HANDLERS",
+    "AgentConfig",
+    "ApiKey",
+    "AuthConfig",
+    "ConfigError",
+    "LoadedPolicy",
+    "LoggerConfig",
+    "PolicyConfig",
+    "ServerConfig",
+    "ToolConfig",
+    "expansion_env",
+    "load_policy",
+    "parse_duration",
+    "parse_policy",
+    "parse_size",
+    "unenforced",
+]

@@ -1,0 +1,210 @@
+"""Loading a policy file: YAML, ``.env``, ``${VAR}`` expansion, validation, warnings.
+
+Every problem is reported with its key path, all at once, so that ``check-config`` can list
+them. YAML's silent last-wins on a duplicate key is an error here: in a security policy a
+second ``execute_command:`` block must not quietly replace the first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import ValidationError
+
+from execgate.daemon.config._schema import FUNCTION_HANDLERS, PolicyConfig
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+# Sections an LLM platform reads and this daemon does not: variables inside them may stay
+# undefined, and each one present earns one warning. ``*`` matches any name.
+_IGNORED = (("llms",), ("agents", "*", "llm"), ("agents", "*", "instruction"),
+            ("agents", "*", "document_stores"), ("server", "cors"))
+
+
+class ConfigError(Exception):
+    """A policy that cannot be used; ``problems`` lists each with its key path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A validated policy and what the loader has to say about it."""
+
+    config: PolicyConfig
+    source: str
+    warnings: list[str] = field(default_factory=list)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _ignored(path: tuple[str, ...]) -> bool:
+    return any(len(path) >= len(p) and all(a in ("*", b) for a, b in zip(p, path, strict=False))
+               for p in _IGNORED)
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _expand(node: Any, env: Mapping[str, str], path: tuple[str, ...],
+            problems: list[str]) -> Any:
+    """Expand ``${VAR}``/``${VAR:-default}`` in string values; ``$$`` is a literal ``$``."""
+    if _ignored(path):
+        return node
+    if isinstance(node, dict):
+        return {k: _expand(v, env, (*path, str(k)), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, env, (*path, str(i)), problems) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{_dotted(path)}: environment variable {name} is not set "
+                        f"(set it, or write ${{{name}:-default}})")
+        return ""
+
+    return _VAR.sub(substitute, node)
+
+
+def expansion_env(config_path: Path | None, cwd: Path) -> dict[str, str]:
+    """The daemon's environment over ``.env`` files beside the config and in ``cwd``.
+
+    A variable already set is never overridden by a ``.env`` file.
+    """
+    merged: dict[str, str] = {}
+    dirs = [cwd] + ([config_path.resolve().parent] if config_path else [])
+    for d in dirs:  # the config's own .env wins over the working directory's
+        dotenv = d / ".env"
+        if dotenv.is_file():
+            merged.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def _warnings(raw: dict[str, Any], config: PolicyConfig) -> list[str]:
+    out = []
+    if raw.get("llms") is not None:
+        out.append("llms: LLM settings mean nothing to execgated and are ignored")
+    if config.server.cors is not None:
+        out.append("server.cors: execgated speaks gRPC, not HTTP; cors is ignored")
+    for name, agent in config.agents.items():
+        for key in ("llm", "instruction", "document_stores"):
+            if getattr(agent, key) is not None:
+                out.append(f"agents.{name}.{key}: meaningful only to an LLM platform; ignored")
+        for i, tool in enumerate(agent.tools):
+            if tool not in config.tools:
+                out.append(f"agents.{name}.tools[{i}]: tool {tool!r} is not provided by this "
+                           f"daemon (define it under tools); {name} will not have it")
+    for name, tool in config.tools.items():
+        if tool.type == "command" and not tool.deny_by_default:
+            out.append(f"tools.{name}.deny_by_default: false runs every command not denied; "
+                       "a denylist is never complete, prefer allowed_commands")
+    return out
+
+
+def _validation_problems(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = _dotted(tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{loc}: unknown key")
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            problems.append(message if loc == "(top level)" else f"{loc}: {message}")
+    return problems
+
+
+def parse_policy(text: str, source: str, env: Mapping[str, str]) -> LoadedPolicy:
+    """Validate a policy given as YAML text; raises ConfigError listing every problem."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the top level must be a mapping of keys"])
+    problems: list[str] = []
+    expanded = _expand(raw, env, (), problems)
+    try:
+        config = PolicyConfig.model_validate(expanded)
+    except ValidationError as exc:
+        problems.extend(_validation_problems(exc))
+        raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return LoadedPolicy(config=config, source=source, warnings=_warnings(raw, config))
+
+
+def load_policy(path: Path, cwd: Path | None = None) -> LoadedPolicy:
+    """Read, expand and validate a policy file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc}"]) from None
+    env = expansion_env(path, cwd or Path.cwd())
+    return parse_policy(text, str(path), env)
+
+
+def unenforced(config: PolicyConfig) -> tuple[list[str], list[str]]:
+    """Settings this release parses but does not enforce: (security, other).
+
+    ``serve`` refuses to start with any of the first kind enabled: a daemon that believes it
+    has a protection it does not have is the worst outcome.
+    """
+    security, other = [], []
+    auth = config.server.auth
+    if auth.enabled and auth.jwks_url:
+        security.append("server.auth.jwks_url: JWT authentication is not enforced yet")
+    if config.server.rate_limiting.enabled:
+        security.append("server.rate_limiting: rate limiting is not enforced yet")
+    for name, tool in config.tools.items():
+        if tool.require_approval:
+            security.append(f"tools.{name}.require_approval: human approval is not enforced yet")
+    if auth.enabled and auth.excluded_paths and not auth.require_auth:
+        other.append("server.auth.excluded_paths: has no effect when require_auth is false")
+    if config.server.observability.metrics.enabled:
+        other.append("server.observability.metrics: metrics are not provided yet")
+    if config.server.observability.tracing.enabled:
+        other.append("server.observability.tracing: tracing is not provided yet")
+    return security, other
+
+

@@ -1,0 +1,216 @@
+"""The policy file's schema: every key the daemon understands, and nothing else.
+
+An unknown key is an error (a typo in a security policy must never be silently ignored).
+Keys that only mean something to an LLM platform are accepted as ``Any`` and warned about by
+the loader; keys of features not enforced yet parse here and are reported by ``unenforced``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+               "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``30s``, ``2m``, ``1m30s``, ``500ms``, ``1h`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 30s or 2m, not a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"{value!r} is not a duration such as 30s, 2m, 1m30s or 500ms")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        raise ValueError("a duration such as 30s or 2m")
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``4096``, ``16MiB`` or ``1GB``."""
+    if isinstance(value, bool):
+        raise ValueError("a size such as 16MiB, not a boolean")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a size such as 65536, 16MiB or 1GB")
+    if size <= 0:
+        raise ValueError("a size must be greater than zero")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+FUNCTION_HANDLERS = ("read_file", "write_file", "list_directory", "grep_search")
+"""The built-in function tools this daemon provides."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolConfig(_Strict):
+    """One tool: a command tool (argv) or a built-in function tool (named arguments)."""
+
+    type: Literal["command", "function"]
+    handler: str | None = None
+    """Function tools: the built-in handler; defaults to the tool's name."""
+    description: str = ""
+    working_directory: str = "./workspace"
+    """The jail: cwd and every path the tool touches must resolve inside it."""
+    max_execution_time: Duration = 60.0
+    allowed_commands: list[str] = Field(default_factory=list)
+    denied_commands: list[str] = Field(default_factory=list)
+    deny_by_default: bool = True
+    """Fail closed: a command not in allowed_commands is refused unless this is false."""
+    require_approval: bool = False
+    approval_prompt: str | None = None
+    max_output_bytes: Size = 64 * 1024**2
+    """stdout and stderr together; past it the run is stopped with reason OUTPUT_LIMIT."""
+    max_file_bytes: Size = 16 * 1024**2
+    """Function tools: the largest file read_file returns or write_file writes."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Fixed environment variables for commands, checked like a request's."""
+    kill_grace: Duration = 2.0
+    """Seconds between SIGTERM and SIGKILL when a run is stopped."""
+
+
+class AgentConfig(_Strict):
+    """An agent: who sees it, and which tools it may call."""
+
+    visibility: Literal["public", "internal", "private"] = "public"
+    tools: list[str] = Field(default_factory=list)
+    description: str = ""
+    # Meaningful only to an LLM platform: accepted, warned about, never used.
+    llm: Any = None
+    instruction: Any = None
+    document_stores: Any = None
+
+
+class ApiKey(_Strict):
+    """A named API key, so that the audit log can name the caller without the key."""
+
+    name: str
+    key: str
+
+
+class AuthConfig(_Strict):
+    """Who may call (the guide's ``server.auth``)."""
+
+    enabled: bool = False
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    require_auth: bool = True
+    excluded_paths: list[str] = Field(default_factory=list)
+    refresh_interval: Duration = 900.0
+    api_keys: list[str | ApiKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _jwt_needs_all_three(self) -> AuthConfig:
+        given = [k for k in ("jwks_url", "issuer", "audience") if getattr(self, k)]
+        if given and len(given) != 3:
+            missing = sorted({"jwks_url", "issuer", "audience"} - set(given))
+            raise ValueError(
+                "JWT authentication needs jwks_url, issuer and audience together; "
+                f"missing: {', '.join(missing)}"
+            )
+        return self
+
+    def named_api_keys(self) -> list[ApiKey]:
+        """Every API key with a name; plain keys are named ``api_key[N]`` by position."""
+        return [k if isinstance(k, ApiKey) else ApiKey(name=f"api_key[{i}]", key=k)
+                for i, k in enumerate(self.api_keys)]
+
+
+class RateLimitConfig(_Strict):
+    """The guide's ``server.rate_limiting`` (parsed; enforced by a later release)."""
+
+    enabled: bool = False
+    requests_per_minute: int = Field(default=60, gt=0)
+    burst: int = Field(default=10, gt=0)
+    per_user: bool = False
+
+
+class _Toggle(_Strict):
+    enabled: bool = False
+    endpoint: str | None = None
+
+
+class ObservabilityConfig(_Strict):
+    """The guide's ``server.observability`` (parsed; not provided yet)."""
+
+    metrics: _Toggle = _Toggle()
+    tracing: _Toggle = _Toggle()
+
+
+class ServerConfig(_Strict):
+    """Listeners, the daemon-side PATH and server-wide bounds."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """Shorthand for listening on ``127.0.0.1:PORT`` (plaintext is loopback-only)."""
+    listen: list[str] = Field(default_factory=list)
+    """Addresses: ``HOST:PORT`` or ``unix:PATH``."""
+    path: str = "/usr/local/bin:/usr/bin:/bin"
+    """The fixed PATH that resolves argv[0]; a request can never change it."""
+    max_concurrent_runs: int = Field(default=64, gt=0)
+    auth: AuthConfig = AuthConfig()
+    rate_limiting: RateLimitConfig = RateLimitConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+    cors: Any = None
+
+
+class LoggerConfig(_Strict):
+    """Log level and format; audit events go through the same logger."""
+
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class PolicyConfig(_Strict):
+    """A whole policy file."""
+
+    version: str = "2"
+    tools: dict[str, ToolConfig] = Field(default_factory=dict)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    server: ServerConfig = ServerConfig()
+    logger: LoggerConfig = LoggerConfig()
+    llms: Any = None
+
+    @model_validator(mode="after")
+    def _tools_are_coherent(self) -> PolicyConfig:
+        problems = []
+        for name, tool in self.tools.items():
+            if tool.type == "function":
+                handler = tool.handler or name
+                if handler not in FUNCTION_HANDLERS:
+                    problems.append(
+                        f"tools.{name}.handler: {handler!r} is not a built-in function tool "
+                        f"(choose one of {', '.join(FUNCTION_HANDLERS)})"
+                    )
+                if tool.allowed_commands or tool.denied_commands:
+                    problems.append(f"tools.{name}: allowed_commands/denied_commands "
+                                    "apply to command tools only")
+            elif tool.handler is not None:
+                problems.append(f"tools.{name}.handler: only function tools have a handler")
+            for command in (*tool.allowed_commands, *tool.denied_commands):
+                if not command or "/" in command or command in (".", ".."):
+                    problems.append(f"tools.{name}: {command!r} is not a bare command name")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

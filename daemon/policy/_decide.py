@@ -1,0 +1,164 @@
+"""The policy decision: a tool call made concrete as a Plan, or a Denial naming its rule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from execgate.daemon.config import AgentConfig, PolicyConfig, ToolConfig
+from execgate.daemon.model import (
+    CommandPlan,
+    Denial,
+    DenialKind,
+    FunctionPlan,
+    Limits,
+    Plan,
+    ToolCall,
+)
+from execgate.daemon.policy._command import check_argv, check_command, resolve_command
+from execgate.daemon.policy._env import check_env, command_env
+from execgate.daemon.policy._jail import check_relative, resolve_cwd
+
+# Named arguments of each built-in function tool: (required, optional).
+FUNCTION_ARGUMENTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "read_file": (frozenset({"path"}), frozenset({"offset", "limit"})),
+    "write_file": (frozenset({"path", "content"}), frozenset({"mode"})),
+    "list_directory": (frozenset(), frozenset({"path"})),
+    "grep_search": (frozenset({"pattern"}), frozenset({"path", "ignore_case", "fixed_strings"})),
+}
+_FLAGS = ("true", "false")
+
+
+class Policy:
+    """Decides tool calls against one loaded policy. Pure: it runs nothing."""
+
+    def __init__(self, config: PolicyConfig, base: Path) -> None:
+        self._config = config
+        self._jails = {name: (base / tool.working_directory).resolve()
+                       for name, tool in config.tools.items()}
+
+    @property
+    def jails(self) -> dict[str, Path]:
+        """Each tool's working directory, resolved."""
+        return dict(self._jails)
+
+    def plan(self, agent_name: str, agent: AgentConfig, call: ToolCall) -> Plan:
+        """The Plan for ``call`` by an agent the caller may use; raises Denial."""
+        tool_name = call.tool or self._only_tool(agent_name, agent, call)
+        if tool_name not in agent.tools or tool_name not in self._config.tools:
+            raise Denial(DenialKind.TOOL_NOT_FOUND,
+                         f"agent {agent_name!r} has no tool {tool_name!r}; its tools: "
+                         f"{', '.join(self._tools_of(agent)) or '(none)'}",
+                         f"agents.{agent_name}.tools")
+        tool = self._config.tools[tool_name]
+        limits = self._limits(tool_name, tool, call.timeout)
+        if tool.type == "command":
+            return self._command(agent_name, tool_name, tool, call, limits)
+        return self._function(agent_name, tool_name, tool, call, limits)
+
+    def _tools_of(self, agent: AgentConfig) -> list[str]:
+        return [t for t in agent.tools if t in self._config.tools]
+
+    def _only_tool(self, agent_name: str, agent: AgentConfig, call: ToolCall) -> str:
+        wanted = "command" if call.argv else "function"
+        choices = [t for t in self._tools_of(agent) if self._config.tools[t].type == wanted]
+        if len(choices) == 1:
+            return choices[0]
+        raise Denial(DenialKind.INVALID_ARGUMENT,
+                     f"name the tool: agent {agent_name!r} has "
+                     f"{len(choices)} {wanted} tools ({', '.join(choices) or 'none'})")
+
+    @staticmethod
+    def _limits(tool_name: str, tool: ToolConfig, requested: float | None) -> Limits:
+        maximum = tool.max_execution_time
+        if requested is not None and (requested < 0 or not math.isfinite(requested)):
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         f"timeout must be zero (the tool's maximum, {maximum:g}s) or positive",
+                         f"tools.{tool_name}.max_execution_time")
+        timeout = maximum if not requested else min(requested, maximum)
+        return Limits(timeout=timeout, output_limit_bytes=tool.max_output_bytes,
+                      kill_grace=tool.kill_grace)
+
+    def _command(self, agent_name: str, tool_name: str, tool: ToolConfig, call: ToolCall,
+                 limits: Limits) -> CommandPlan:
+        if call.arguments:
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         f"tool {tool_name!r} is a command tool: give argv, not arguments")
+        check_argv(call.argv)
+        check_command(call.argv[0], tool_name, tool)
+        check_env(call.env, f"tools.{tool_name}.env")
+        jail = self._jails[tool_name]
+        cwd = resolve_cwd(jail, call.cwd, f"tools.{tool_name}.working_directory")
+        executable = resolve_command(call.argv[0], self._config.server.path)
+        env = command_env(self._config.server.path, jail, tool.env, call.env)
+        return CommandPlan(agent=agent_name, tool=tool_name, executable=executable,
+                           argv=call.argv, cwd=cwd, env=env, limits=limits,
+                           stdin=call.stdin, jail=jail)
+
+    def _function(self, agent_name: str, tool_name: str, tool: ToolConfig, call: ToolCall,
+                  limits: Limits) -> Plan:
+        handler = tool.handler or tool_name
+        if call.argv:
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         f"tool {tool_name!r} is a function tool ({handler}): give named "
+                         "arguments, not argv")
+        required, optional = FUNCTION_ARGUMENTS[handler]
+        given = set(call.arguments)
+        if missing := required - given:
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         f"{handler} needs argument(s): {', '.join(sorted(missing))}")
+        if unknown := given - required - optional:
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         f"{handler} takes no argument(s) {', '.join(sorted(unknown))}; it "
+                         f"takes: {', '.join(sorted(required | optional))}")
+        rule = f"tools.{tool_name}.working_directory"
+        args = dict(call.arguments)
+        args["path"] = check_relative(args.get("path", "."), rule)
+        jail = self._jails[tool_name]
+        if handler == "grep_search":
+            return self._grep(agent_name, tool_name, jail, args, limits)
+        _check_function_values(handler, args)
+        return FunctionPlan(agent=agent_name, tool=tool_name, handler=handler, arguments=args,
+                            jail=jail, limits=limits, max_file_bytes=tool.max_file_bytes)
+
+    def _grep(self, agent_name: str, tool_name: str, jail: Path, args: dict[str, str],
+              limits: Limits) -> CommandPlan:
+        """grep_search runs GNU grep in the jail: its matcher cannot backtrack forever, and the
+        run gets the same deadline, output cap and confinement as any command."""
+        for flag in ("ignore_case", "fixed_strings"):
+            if args.get(flag, "false") not in _FLAGS:
+                raise Denial(DenialKind.INVALID_ARGUMENT, f"{flag} must be true or false")
+        if "\0" in args["pattern"]:
+            raise Denial(DenialKind.INVALID_ARGUMENT, "pattern contains a NUL byte")
+        # grep follows a symlink named on its command line: resolve it here, inside the jail.
+        target = resolve_path(jail, args["path"], f"tools.{tool_name}.working_directory")
+        argv = ["grep", "-rnI", "--no-messages", "--color=never"]
+        argv.append("-F" if args.get("fixed_strings") == "true" else "-E")
+        if args.get("ignore_case") == "true":
+            argv.append("-i")
+        argv += ["-e", args["pattern"], "--", str(target.relative_to(jail))]
+        path = self._config.server.path
+        return CommandPlan(agent=agent_name, tool=tool_name,
+                           executable=resolve_command("grep", path), argv=tuple(argv),
+                           cwd=jail, env=command_env(path, jail, {}, {}), limits=limits,
+                           stdin=False, jail=jail)
+
+
+def resolve_path(jail: Path, relative: str, rule: str) -> Path:
+    """A path argument resolved (symlinks included); refused unless inside the jail."""
+    real = (jail / relative).resolve(strict=False)
+    if not real.is_relative_to(jail):
+        raise Denial(DenialKind.POLICY_DENIED,
+                     f"path {relative!r} resolves outside the tool's working directory", rule)
+    return real
+
+
+def _check_function_values(handler: str, args: dict[str, str]) -> None:
+    for name in ("offset", "limit"):
+        if name in args and not (args[name].isascii() and args[name].isdigit()):
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         f"{name} must be a non-negative whole number of bytes")
+    if handler == "write_file" and args.get("mode", "overwrite") not in (
+            "overwrite", "append", "create"):
+        raise Denial(DenialKind.INVALID_ARGUMENT,
+                     "mode must be overwrite, append or create (fails if the file exists)")

@@ -1,0 +1,131 @@
+"""Assembly: one policy, its collaborators, the gRPC server and its listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from execgate.daemon.access import Access
+from execgate.daemon.audit import Audit
+from execgate.daemon.auth import Authenticator
+from execgate.daemon.config import PolicyConfig
+from execgate.daemon.limits import RunSlots
+from execgate.daemon.policy import Policy
+from execgate.daemon.services import AgentService, AuthInterceptor, ExecService
+from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SHUTDOWN_GRACE = 5.0
+log = structlog.get_logger()
+
+
+class StartupError(Exception):
+    """The daemon cannot start as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """An address to serve on: ``HOST:PORT`` or ``unix:PATH``."""
+
+    address: str
+
+    @property
+    def is_unix(self) -> bool:
+        """Whether this is a unix socket."""
+        return self.address.startswith("unix:")
+
+    def check(self) -> None:
+        """Refuse plaintext on anything but loopback (TLS listeners come with identity)."""
+        if self.is_unix:
+            return
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise StartupError(f"listen address {self.address!r} is not HOST:PORT or unix:PATH")
+        host = host.strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise StartupError(f"listen address {self.address!r}: plaintext gRPC is only "
+                               "served on loopback (127.0.0.1, ::1) or a unix socket")
+
+
+def listeners(config: PolicyConfig, flags: list[str]) -> list[Listener]:
+    """``--listen`` flags win over the policy's ``server.listen`` and ``server.port``."""
+    addresses = flags or config.server.listen or (
+        [f"127.0.0.1:{config.server.port}"] if config.server.port is not None else [])
+    if not addresses:
+        raise StartupError("nowhere to listen: give --listen, server.listen or server.port")
+    result = [Listener(a) for a in addresses]
+    for listener in result:
+        listener.check()
+    return result
+
+
+def check_jails(policy: Policy, create: bool) -> None:
+    """Every tool's working directory must exist (the embedded default creates its own)."""
+    for tool, jail in policy.jails.items():
+        if create:
+            jail.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if not jail.is_dir():
+            raise StartupError(f"tools.{tool}.working_directory: {jail} does not exist; "
+                               "create it, or point the tool at an existing directory")
+
+
+async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
+                on_ready: Callable[[list[str]], None], create_jails: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, then stop runs and drain calls."""
+    policy = Policy(config, base)
+    check_jails(policy, create_jails)
+    audit = Audit()
+    access = Access(config)
+    exec_service = ExecService(access, policy, RunSlots(config.server.max_concurrent_runs), audit)
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(Authenticator(config.server.auth), audit)],
+        options=[("grpc.so_reuseport", 0),  # two daemons must not share a port silently
+                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    exec_pb2_grpc.add_ExecServiceServicer_to_server(exec_service, server)
+    agents_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(access, config), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    services = (exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name,
+                agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
+    bound = []
+    for listener in addresses:
+        try:
+            port = server.add_insecure_port(listener.address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {listener.address}: {exc}") from None
+        if listener.is_unix:
+            bound.append(listener.address)
+        else:
+            bound.append(f"{listener.address.rpartition(':')[0]}:{port}")
+    await server.start()
+    for name in ("", *services[:2]):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving", addresses=bound)
+    on_ready(bound)
+    await stop.wait()
+    log.info("stopping", runs=exec_service.active_runs)
+    await health.enter_graceful_shutdown()
+    exec_service.cancel_all()
+    await server.stop(SHUTDOWN_GRACE)

@@ -1,0 +1,71 @@
+"""Between gRPC messages and the daemon's own types; nothing below this layer sees protobuf."""
+
+from __future__ import annotations
+
+from execgate.daemon.config import AgentConfig, PolicyConfig
+from execgate.daemon.model import CommandPlan, Exit, Output, Plan, Stream, ToolCall
+from execgate.v1 import agents_pb2, exec_pb2
+
+_STREAM = {Stream.STDOUT: exec_pb2.STREAM_STDOUT, Stream.STDERR: exec_pb2.STREAM_STDERR}
+_VISIBILITY = {"public": agents_pb2.VISIBILITY_PUBLIC, "internal": agents_pb2.VISIBILITY_INTERNAL}
+
+
+def tool_call(start: exec_pb2.StartCall) -> ToolCall:
+    """The caller's StartCall as a ToolCall (validated later, by policy)."""
+    timeout = None
+    if start.HasField("timeout"):
+        timeout = start.timeout.seconds + start.timeout.nanos / 1e9
+    return ToolCall(agent=start.agent, tool=start.tool, argv=tuple(start.argv),
+                    arguments=dict(start.arguments), cwd=start.cwd, env=dict(start.env),
+                    timeout=timeout, stdin=start.stdin)
+
+
+def accepted(run_id: str, plan: Plan) -> exec_pb2.ExecuteResponse:
+    """The ``accepted`` message: the run id and the exact plan."""
+    limits = exec_pb2.Limits(output_limit_bytes=plan.limits.output_limit_bytes)
+    limits.timeout.FromNanoseconds(round(plan.limits.timeout * 1e9))
+    message = exec_pb2.Plan(agent=plan.agent, tool=plan.tool, executable=plan.executable,
+                            limits=limits)
+    if isinstance(plan, CommandPlan):
+        message.argv.extend(plan.argv)
+        message.cwd = str(plan.cwd)
+        message.env_names.extend(sorted(plan.env))
+    else:
+        message.cwd = str(plan.jail)
+    return exec_pb2.ExecuteResponse(accepted=exec_pb2.Accepted(run_id=run_id, plan=message))
+
+
+def output(event: Output) -> exec_pb2.ExecuteResponse:
+    """One output chunk."""
+    return exec_pb2.ExecuteResponse(output=exec_pb2.Output(
+        stream=_STREAM[event.stream], offset=event.offset, data=event.data))
+
+
+def exit_message(event: Exit) -> exec_pb2.ExecuteResponse:
+    """The final message of a run."""
+    message = exec_pb2.Exit(
+        reason=event.reason.value, exit_code=event.exit_code, signal=event.signal,
+        message=event.message, max_rss_bytes=event.max_rss_bytes,
+        stdout_bytes=event.stdout_bytes, stderr_bytes=event.stderr_bytes,
+        dropped_bytes=event.dropped_bytes)
+    message.wall_time.FromNanoseconds(round(event.wall_time * 1e9))
+    message.user_time.FromNanoseconds(round(event.user_time * 1e9))
+    message.system_time.FromNanoseconds(round(event.system_time * 1e9))
+    return exec_pb2.ExecuteResponse(exit=message)
+
+
+def agent(name: str, config: AgentConfig, policy: PolicyConfig) -> agents_pb2.Agent:
+    """An agent as discovery shows it: only the tools this daemon provides."""
+    message = agents_pb2.Agent(name=name, visibility=_VISIBILITY[config.visibility])
+    for tool_name in config.tools:
+        tool = policy.tools.get(tool_name)
+        if tool is None:
+            continue
+        message.tools.append(agents_pb2.Tool(
+            name=tool_name,
+            type=agents_pb2.TOOL_TYPE_COMMAND if tool.type == "command"
+            else agents_pb2.TOOL_TYPE_FUNCTION,
+            handler=(tool.handler or tool_name) if tool.type == "function" else "",
+            require_approval=tool.require_approval,
+            allowed_commands=tool.allowed_commands, deny_by_default=tool.deny_by_default))
+    return message

@@ -1,0 +1,33 @@
+"""Denials as gRPC statuses: the one mapping, used by every servicer and the interceptor.
+
+The status code is for generic gRPC clients; the trailing metadata ``execgate-error`` (the
+denial's kind) and ``execgate-rule`` (the policy key that refused) are for execgate's client,
+which raises the matching exception.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+
+from execgate.daemon.model import Denial, DenialKind
+
+STATUS = {
+    DenialKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    DenialKind.AGENT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    DenialKind.TOOL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    DenialKind.POLICY_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    DenialKind.COMMAND_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    DenialKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    DenialKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DenialKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+async def abort(context: grpc.aio.ServicerContext, denial: Denial) -> NoReturn:
+    """End the call with the denial's status, message and machine-readable metadata."""
+    context.set_trailing_metadata((("execgate-error", denial.kind.value),
+                                   ("execgate-rule", denial.rule)))
+    await context.abort(STATUS[denial.kind], str(denial))
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover

@@ -1,0 +1,130 @@
+"""ExecService: one tool call, a straight line from the first message to the exit.
+
+identity (interceptor) -> access -> limits -> policy -> sandbox -> stream -> audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from execgate.daemon.access import Access
+from execgate.daemon.audit import Audit
+from execgate.daemon.auth import current_principal
+from execgate.daemon.limits import RunSlots
+from execgate.daemon.model import (
+    CommandPlan,
+    Denial,
+    DenialKind,
+    Exit,
+    Plan,
+    ToolCall,
+)
+from execgate.daemon.policy import Policy
+from execgate.daemon.runs import CommandRun, FunctionRun, Run
+from execgate.daemon.sandbox import spawn
+from execgate.daemon.services import _convert
+from execgate.daemon.services._errors import abort
+from execgate.v1 import exec_pb2, exec_pb2_grpc
+
+_MAX_SIGNAL = 64
+_PROTOCOL_ERRORS = {
+    "start": "a second start on one Execute stream; the run was stopped",
+    "stdin": "stdin sent, but start did not set stdin; the run was stopped",
+    "signal": f"signal must be between 1 and {_MAX_SIGNAL}; the run was stopped",
+}
+
+
+class ExecService(exec_pb2_grpc.ExecServiceServicer):
+    """Runs tool calls over bidirectional streams."""
+
+    def __init__(self, access: Access, policy: Policy, slots: RunSlots, audit: Audit) -> None:
+        self._access = access
+        self._policy = policy
+        self._slots = slots
+        self._audit = audit
+        self._runs: set[Run] = set()
+
+    async def Execute(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        principal = current_principal.get()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("request") != "start":
+            await abort(context, Denial(DenialKind.INVALID_ARGUMENT,
+                                        "the first message of Execute must be start"))
+        call = _convert.tool_call(first.start)
+        try:
+            agent_name, agent = self._access.agent_for(principal, call.agent)
+            plan = self._policy.plan(agent_name, agent, call)
+            self._slots.acquire()
+        except Denial as denial:
+            self._audit.denied(principal, call, denial)
+            await abort(context, denial)
+        try:
+            run = self._start(plan)
+        except OSError as exc:
+            self._slots.release()
+            await abort(context, Denial(DenialKind.UNAVAILABLE,
+                                        f"could not start {plan.executable}: {exc.strerror}"))
+        run_id = uuid.uuid4().hex
+        self._audit.started(run_id, principal, plan)
+        self._runs.add(run)
+        control = asyncio.create_task(self._control(request_iterator, run, call))
+        try:
+            await context.write(_convert.accepted(run_id, plan))
+            async for event in run.events():
+                if isinstance(event, Exit):
+                    self._audit.exited(run_id, principal, event)
+                    if control.done() and isinstance(err := control.exception(), Denial):
+                        await abort(context, err)
+                    await context.write(_convert.exit_message(event))
+                else:
+                    await context.write(_convert.output(event))
+        finally:
+            run.cancel()  # a no-op once the run has exited
+            self._runs.discard(run)
+            self._slots.release()
+            control.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Denial):
+                await control
+
+    @staticmethod
+    def _start(plan: Plan) -> Run:
+        if isinstance(plan, CommandPlan):
+            return CommandRun(spawn(plan), plan.limits)
+        return FunctionRun(plan)
+
+    async def _control(self, requests: AsyncIterator[exec_pb2.ExecuteRequest], run: Run,
+                       call: ToolCall) -> None:
+        """The caller's later messages: stdin, stdin close, signals."""
+        async for request in requests:
+            kind = request.WhichOneof("request")
+            if kind == "stdin" and call.stdin:
+                await run.write_stdin(request.stdin)
+            elif kind == "close_stdin":
+                run.close_stdin()
+            elif kind == "signal" and 0 < request.signal.signal <= _MAX_SIGNAL:
+                run.send_signal(request.signal.signal)
+            else:
+                # A second start, stdin nobody announced, a bad signal: the caller is confused,
+                # so nothing it sends can be trusted to mean what it thinks. Stop the run.
+                run.cancel()
+                raise Denial(DenialKind.INVALID_ARGUMENT, _PROTOCOL_ERRORS.get(
+                    kind or "", "a message Execute does not understand"))
+        run.close_stdin()
+
+    @property
+    def active_runs(self) -> int:
+        """Runs in progress."""
+        return len(self._runs)
+
+    def cancel_all(self) -> None:
+        """Shutdown: kill every run in progress."""
+        for run in list(self._runs):
+            run.cancel()
