@@ -95,7 +95,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {
 
 def from_rpc_error(exc: grpc.RpcError) -> RPCError:
     """The typed error for a gRPC error: the one place statuses become exceptions."""
-    call: grpc.Call = exc  # type: ignore[assignment]
+    call: grpc.Call = exc
     status = call.code()
     trailing = dict(call.trailing_metadata() or ())
     error, rule = str(trailing.get("execgate-error", "")), str(trailing.get("execgate-rule", ""))

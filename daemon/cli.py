@@ -11,17 +11,16 @@ import os
 # gRPC must never try to survive a fork of this process: nothing here forks with Python code.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import logging  # noqa: E402
-import secrets  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import asyncio
+import logging
+import secrets
+import sys
+from pathlib import Path
 
-import structlog  # noqa: E402
-
-from execgate.client._local import write_local_token  # noqa: E402
-from execgate.daemon.config import (  # noqa: E402
+import structlog
+from execgate.client._local import write_local_token
+from execgate.daemon.config import (
     DEFAULT_POLICY,
     ConfigError,
     LoadedPolicy,
@@ -31,7 +30,7 @@ from execgate.daemon.config import (  # noqa: E402
     parse_policy,
     unenforced,
 )
-from execgate.daemon.server import StartupError, listeners, serve  # noqa: E402
+from execgate.daemon.server import StartupError, listeners, serve
 
 EXIT_CONFIG = 2
 

@@ -192,8 +192,13 @@ class CommandRun:
             dropped_bytes=self._dropped))
 
     async def _writable(self, fd: int) -> None:
-        ready = self._loop.create_future()
-        self._loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_writer(fd, wake)
         try:
             await ready
         finally:

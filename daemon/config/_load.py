@@ -16,9 +16,8 @@ from typing import Any
 
 import yaml
 from dotenv import dotenv_values
+from execgate.daemon.config._schema import PolicyConfig
 from pydantic import ValidationError
-
-from execgate.daemon.config._schema import FUNCTION_HANDLERS, PolicyConfig
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -53,7 +52,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -129,10 +128,10 @@ def _warnings(raw: dict[str, Any], config: PolicyConfig) -> list[str]:
         for key in ("llm", "instruction", "document_stores"):
             if getattr(agent, key) is not None:
                 out.append(f"agents.{name}.{key}: meaningful only to an LLM platform; ignored")
-        for i, tool in enumerate(agent.tools):
-            if tool not in config.tools:
-                out.append(f"agents.{name}.tools[{i}]: tool {tool!r} is not provided by this "
-                           f"daemon (define it under tools); {name} will not have it")
+        for i, tool_name in enumerate(agent.tools):
+            if tool_name not in config.tools:
+                out.append(f"agents.{name}.tools[{i}]: tool {tool_name!r} is not provided by "
+                           f"this daemon (define it under tools); {name} will not have it")
     for name, tool in config.tools.items():
         if tool.type == "command" and not tool.deny_by_default:
             out.append(f"tools.{name}.deny_by_default: false runs every command not denied; "

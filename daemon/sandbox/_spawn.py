@@ -14,6 +14,7 @@ Kernel confinement (Landlock, namespaces, rlimits, cgroups) replaces this module
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -45,10 +46,8 @@ class Child:
 
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the child's whole process group; a group already gone is fine."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def reap(self) -> ExitStatus:
         """Collect the exit status; call once the pidfd is readable."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from execgate.daemon.access import Access
 from execgate.daemon.auth import current_principal
 from execgate.daemon.config import PolicyConfig
@@ -18,7 +17,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         self._access = access
         self._policy = policy
 
-    async def ListAgents(  # noqa: N802 - the gRPC method name
+    async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext,
     ) -> agents_pb2.ListAgentsResponse:
         visible = self._access.visible(current_principal.get())

@@ -44,7 +44,8 @@ def output(event: Output) -> exec_pb2.ExecuteResponse:
 def exit_message(event: Exit) -> exec_pb2.ExecuteResponse:
     """The final message of a run."""
     message = exec_pb2.Exit(
-        reason=event.reason.value, exit_code=event.exit_code, signal=event.signal,
+        reason=exec_pb2.ExitReason.Value(f"EXIT_REASON_{event.reason.name}"),
+        exit_code=event.exit_code, signal=event.signal,
         message=event.message, max_rss_bytes=event.max_rss_bytes,
         stdout_bytes=event.stdout_bytes, stderr_bytes=event.stderr_bytes,
         dropped_bytes=event.dropped_bytes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import NoReturn
 
 import grpc
-
 from execgate.daemon.model import Denial, DenialKind
 
 STATUS = {

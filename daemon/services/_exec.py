@@ -11,7 +11,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
-
 from execgate.daemon.access import Access
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal
@@ -49,7 +48,9 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self._audit = audit
         self._runs: set[Run] = set()
 
-    async def Execute(  # noqa: N802 - the gRPC method name
+    # Overrides the generated signature: this handler writes with context.write, so that
+    # the control task can read the stream while events are written.
+    async def Execute(  # type: ignore[override]
         self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
