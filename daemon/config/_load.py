@@ -147,6 +147,9 @@ def _validation_problems(err: ValidationError) -> list[str]:
             problems.append(f"{loc}: unknown key")
         else:
             message = e["msg"].removeprefix("Value error, ")
+            if isinstance(e.get("input"), bool) and e["type"].startswith("string"):
+                message += (" (YAML reads unquoted yes/no/true/false/on/off as booleans: "
+                            "quote it)")
             problems.append(message if loc == "(top level)" else f"{loc}: {message}")
     return problems
 

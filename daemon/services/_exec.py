@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 from execgate.daemon.access import Access
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal
@@ -38,6 +39,22 @@ _PROTOCOL_ERRORS = {
 }
 
 
+async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
+                   ) -> AsyncIterator[exec_pb2.ExecuteRequest]:
+    """The caller's messages; one that does not parse (bad UTF-8 in a string, garbage) is the
+    caller's error, INVALID_ARGUMENT, not the daemon's."""
+    iterator = aiter(requests)
+    while True:
+        try:
+            request = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except DecodeError as exc:
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         f"not a valid ExecuteRequest: {exc}") from None
+        yield request
+
+
 class ExecService(exec_pb2_grpc.ExecServiceServicer):
     """Runs tool calls over bidirectional streams."""
 
@@ -55,7 +72,11 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> None:
         principal = current_principal.get()
-        first = await anext(aiter(request_iterator), None)
+        requests = _decoded(request_iterator)
+        try:
+            first = await anext(requests, None)
+        except Denial as denial:
+            await abort(context, denial)
         if first is None or first.WhichOneof("request") != "start":
             await abort(context, Denial(DenialKind.INVALID_ARGUMENT,
                                         "the first message of Execute must be start"))
@@ -76,7 +97,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         run_id = uuid.uuid4().hex
         self._audit.started(run_id, principal, plan)
         self._runs.add(run)
-        control = asyncio.create_task(self._control(request_iterator, run, call))
+        control = asyncio.create_task(self._control(requests, run, call))
         try:
             await context.write(_convert.accepted(run_id, plan))
             async for event in run.events():
@@ -101,23 +122,30 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             return CommandRun(spawn(plan), plan.limits)
         return FunctionRun(plan)
 
-    async def _control(self, requests: AsyncIterator[exec_pb2.ExecuteRequest], run: Run,
+    @staticmethod
+    async def _control(requests: AsyncIterator[exec_pb2.ExecuteRequest], run: Run,
                        call: ToolCall) -> None:
-        """The caller's later messages: stdin, stdin close, signals."""
-        async for request in requests:
-            kind = request.WhichOneof("request")
-            if kind == "stdin" and call.stdin:
-                await run.write_stdin(request.stdin)
-            elif kind == "close_stdin":
-                run.close_stdin()
-            elif kind == "signal" and 0 < request.signal.signal <= _MAX_SIGNAL:
-                run.send_signal(request.signal.signal)
-            else:
-                # A second start, stdin nobody announced, a bad signal: the caller is confused,
-                # so nothing it sends can be trusted to mean what it thinks. Stop the run.
-                run.cancel()
-                raise Denial(DenialKind.INVALID_ARGUMENT, _PROTOCOL_ERRORS.get(
-                    kind or "", "a message Execute does not understand"))
+        """The caller's later messages: stdin, stdin close, signals.
+
+        A second start, stdin nobody announced, a bad signal or an unparsable message: the
+        caller is confused, so nothing it sends can be trusted to mean what it thinks. The run
+        is stopped and the Denial ends the call.
+        """
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("request")
+                if kind == "stdin" and call.stdin:
+                    await run.write_stdin(request.stdin)
+                elif kind == "close_stdin":
+                    run.close_stdin()
+                elif kind == "signal" and 0 < request.signal.signal <= _MAX_SIGNAL:
+                    run.send_signal(request.signal.signal)
+                else:
+                    raise Denial(DenialKind.INVALID_ARGUMENT, _PROTOCOL_ERRORS.get(
+                        kind or "", "a message Execute does not understand"))
+        except Denial:
+            run.cancel()
+            raise
         run.close_stdin()
 
     @property

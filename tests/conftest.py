@@ -1,0 +1,158 @@
+"""Shared fixtures: a real execgated on loopback, started as its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from execgate.client import Client
+
+API_KEY = "test-key-0123456789"
+
+TEST_POLICY = """\
+version: "2"
+tools:
+  shell:
+    type: command
+    working_directory: ./workspace
+    max_execution_time: 20s
+    max_output_bytes: 1MiB
+    kill_grace: 1s
+    deny_by_default: true
+    allowed_commands: [sh, "true", "false", echo, cat, sleep, "yes", head, printf, env, pwd, ls, wc,
+                       python3, kill, missing-command-xyz, setsid, touch, id]
+    denied_commands: [rm]
+  read_file:
+    type: function
+  write_file:
+    type: function
+    max_file_bytes: 1MiB
+  list_directory:
+    type: function
+  grep_search:
+    type: function
+agents:
+  dev:
+    visibility: public
+    tools: [shell, read_file, write_file, list_directory, grep_search]
+  ops:
+    visibility: internal
+    tools: [shell]
+  helper:
+    visibility: private
+    tools: [shell]
+server:
+  auth:
+    enabled: true
+    require_auth: ${REQUIRE_AUTH:-true}
+    excluded_paths: [/health]
+    api_keys:
+      - {name: tester, key: "${TEST_API_KEY}"}
+logger:
+  level: info
+  format: json
+"""
+
+
+@dataclass
+class Daemon:
+    """A running execgated and what it has said."""
+
+    proc: subprocess.Popen[str]
+    target: str
+    root: Path
+    stderr_lines: list[str] = field(default_factory=list)
+    drainer: threading.Thread | None = None
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+    def client(self, token: str | None = API_KEY) -> Client:
+        return Client(self.target, token=token if token is not None else "")
+
+    def audit(self, event: str) -> list[dict[str, object]]:
+        """Audit events named ``event`` logged so far (JSON format only)."""
+        out = []
+        for line in list(self.stderr_lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("audit") and record.get("event") == event:
+                out.append(record)
+        return out
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.drainer is not None:
+            self.drainer.join(timeout=10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return self.proc.returncode
+
+
+def daemon_command() -> list[str]:
+    return [sys.executable, "-m", "execgate.daemon.cli"]
+
+
+def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> Daemon:
+    """Start execgated in ``root`` and return once it says it is serving."""
+    (root / "workspace").mkdir(exist_ok=True)
+    args = [*daemon_command(), "serve", "--listen", "127.0.0.1:0", *extra_args]
+    if policy is not None:
+        (root / "policy.yaml").write_text(policy)
+        args += ["--config", str(root / "policy.yaml")]
+    full_env = {**os.environ, "TEST_API_KEY": API_KEY, "XDG_STATE_HOME": str(root / "state"),
+                **(env or {})}
+    proc = subprocess.Popen(args, cwd=root, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    daemon = Daemon(proc=proc, target="", root=root)
+    stderr = proc.stderr
+
+    def drain() -> None:
+        for line in stderr:
+            daemon.stderr_lines.append(line)
+
+    daemon.drainer = threading.Thread(target=drain, daemon=True)
+    daemon.drainer.start()
+    for line in proc.stdout:  # blocks until the daemon prints; no sleeping
+        if line.startswith("execgated: serving on "):
+            daemon.target = line.removeprefix("execgated: serving on ").strip().split(", ")[0]
+            break
+    if not daemon.target:
+        daemon.stop()
+        raise RuntimeError("execgated did not start:\n" + "".join(daemon.stderr_lines))
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon with the test policy, shared by a module's tests."""
+    d = start_daemon(tmp_path_factory.mktemp("daemon"))
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[Client]:
+    """A client authenticated with the test API key."""
+    with daemon.client() as c:
+        yield c

@@ -1,0 +1,226 @@
+"""Command tool calls against a real daemon: output, exit, limits, stdin, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from execgate.client import (
+    Client,
+    CommandNotFoundError,
+    Exited,
+    ExitReason,
+    OutputChunk,
+    PolicyDeniedError,
+    Started,
+)
+from tests.conftest import Daemon
+
+BINARY = bytes(range(256)) * 4
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_echo_round_trip_returns_exact_bytes(client: Client) -> None:
+    result = client.run(["echo", "hi there"], agent="dev")
+    assert (result.stdout, result.stderr, result.exit_code) == (b"hi there\n", b"", 0)
+    assert result.reason is ExitReason.EXITED
+
+
+def test_binary_output_is_byte_exact(client: Client, daemon: Daemon) -> None:
+    (daemon.workspace / "blob.bin").write_bytes(BINARY)
+    assert client.run(["cat", "blob.bin"], agent="dev").stdout == BINARY
+
+
+def test_stdout_and_stderr_are_separate_with_offsets(client: Client) -> None:
+    events = list(client.stream(["sh", "-c", "printf abc; printf XY >&2; printf def"],
+                                agent="dev"))
+    chunks = [e for e in events if isinstance(e, OutputChunk)]
+    out = b"".join(c.data for c in chunks if c.stream == "stdout")
+    err = b"".join(c.data for c in chunks if c.stream == "stderr")
+    assert (out, err) == (b"abcdef", b"XY")
+    for stream in ("stdout", "stderr"):
+        offset = 0
+        for c in (c for c in chunks if c.stream == stream):
+            assert c.offset == offset
+            offset += len(c.data)
+    exited = events[-1]
+    assert isinstance(exited, Exited)
+    assert (exited.stdout_bytes, exited.stderr_bytes) == (6, 2)
+
+
+def test_accepted_plan_names_the_resolved_executable(client: Client, daemon: Daemon) -> None:
+    first = next(iter(client.stream(["echo", "x"], agent="dev")))
+    assert isinstance(first, Started)
+    assert first.plan.executable in ("/usr/bin/echo", "/bin/echo")
+    assert first.plan.argv == ("echo", "x")
+    assert first.plan.cwd == str(daemon.workspace.resolve())
+    assert first.plan.timeout == 20.0
+
+
+def test_exit_code_is_passed_through(client: Client) -> None:
+    assert client.run(["sh", "-c", "exit 3"], agent="dev").exit_code == 3
+
+
+def test_killed_by_signal_reports_the_signal(client: Client) -> None:
+    result = client.run(["sh", "-c", "kill -9 $$"], agent="dev")
+    assert (result.reason, result.signal) == (ExitReason.SIGNALED, signal.SIGKILL)
+
+
+def test_exit_reports_rusage_and_wall_time(client: Client) -> None:
+    exited = client.run(["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"],
+                        agent="dev").exit
+    assert exited.user_time + exited.system_time > 0
+    assert exited.wall_time > 0
+    assert exited.max_rss_bytes > 0
+
+
+def test_timeout_stops_the_run_and_its_process_group(client: Client, daemon: Daemon) -> None:
+    pidfile = daemon.workspace / "timeout.pid"
+    result = client.run(["sh", "-c", "sleep 30 & echo $! > timeout.pid; wait"], agent="dev",
+                        timeout=0.5)
+    assert result.reason is ExitReason.TIMEOUT
+    assert _pid_gone(int(pidfile.read_text()))
+
+
+def test_a_child_ignoring_sigterm_is_killed_after_the_grace(client: Client) -> None:
+    result = client.run(["sh", "-c", "trap '' TERM; echo ready; while :; do :; done"],
+                        agent="dev", timeout=0.3)
+    assert result.reason is ExitReason.TIMEOUT
+    assert result.stdout == b"ready\n"
+    assert result.signal == signal.SIGKILL
+
+
+def test_output_past_the_limit_stops_the_run_and_counts_dropped(client: Client) -> None:
+    result = client.run(["yes"], agent="dev")
+    assert result.reason is ExitReason.OUTPUT_LIMIT
+    assert len(result.stdout) == 1024 * 1024
+    assert result.stdout == b"y\n" * (512 * 1024)
+    assert result.exit.dropped_bytes > 0
+
+
+def test_stdin_is_forwarded(client: Client) -> None:
+    data = os.urandom(300_000)
+    assert client.run(["cat"], agent="dev", stdin=data).stdout == data
+
+
+def test_without_stdin_the_command_reads_end_of_file(client: Client) -> None:
+    assert client.run(["cat"], agent="dev").stdout == b""
+
+
+def test_the_daemons_environment_does_not_reach_the_command(tmp_path: Path) -> None:
+    from tests.conftest import start_daemon
+    d = start_daemon(tmp_path, env={"DAEMON_SECRET": "s3cr3t-value"})
+    try:
+        with d.client() as c:
+            out = c.run(["env"], agent="dev").stdout
+        names = {line.split(b"=", 1)[0] for line in out.splitlines()}
+        assert b"s3cr3t-value" not in out
+        assert names == {b"PATH", b"HOME", b"LANG", b"PWD"}
+    finally:
+        d.stop()
+
+
+def test_request_environment_reaches_the_command(client: Client) -> None:
+    result = client.run(["sh", "-c", "echo $GREETING"], agent="dev", env={"GREETING": "hello"})
+    assert result.stdout == b"hello\n"
+
+
+def test_only_fds_0_1_2_reach_the_command(client: Client) -> None:
+    assert client.run(["ls", "/proc/self/fd"], agent="dev").stdout.split() == [
+        b"0", b"1", b"2", b"3"]  # 3 is ls's own handle on the directory
+
+
+def test_cwd_inside_the_jail_is_used(client: Client, daemon: Daemon) -> None:
+    (daemon.workspace / "sub").mkdir(exist_ok=True)
+    result = client.run(["pwd"], agent="dev", cwd="sub")
+    assert result.stdout.decode().strip() == str((daemon.workspace / "sub").resolve())
+
+
+def test_denied_command_names_the_rule(client: Client) -> None:
+    with pytest.raises(PolicyDeniedError) as info:
+        client.run(["rm", "-rf", "."], agent="dev")
+    assert info.value.rule == "tools.shell.denied_commands"
+
+
+def test_allowed_command_missing_from_path_is_command_not_found(client: Client) -> None:
+    with pytest.raises(CommandNotFoundError) as info:
+        client.run(["missing-command-xyz"], agent="dev")
+    assert info.value.rule == "server.path"
+
+
+def test_denial_is_audited_with_its_rule(client: Client, daemon: Daemon) -> None:
+    with pytest.raises(PolicyDeniedError):
+        client.run(["wget", "http://example.invalid"], agent="dev")
+    events = [e for e in daemon.audit("call.denied") if e["argv"] == ["wget",
+                                                                        "http://example.invalid"]]
+    assert events and events[-1]["rule"] == "tools.shell.deny_by_default"
+    assert events[-1]["subject"] == "tester"
+
+
+def test_a_run_is_audited_with_what_ran(client: Client, daemon: Daemon) -> None:
+    run_id = client.run(["echo", "audited"], agent="dev").run_id
+    started = [e for e in daemon.audit("run.started") if e["run_id"] == run_id]
+    exited = [e for e in daemon.audit("run.exited") if e["run_id"] == run_id]
+    assert started[0]["executable"] in ("/usr/bin/echo", "/bin/echo")
+    assert exited[0]["reason"] == "EXITED"
+
+
+def test_a_caller_going_away_kills_the_process_group(client: Client, daemon: Daemon) -> None:
+    pidfile = daemon.workspace / "cancel.pid"
+    pidfile.unlink(missing_ok=True)
+    events = client.stream(["sh", "-c", "sleep 60 & echo $! > cancel.pid; echo go; wait"],
+                           agent="dev")
+    for event in events:
+        if isinstance(event, OutputChunk):
+            break
+    events.close()  # the caller stops reading: the call is cancelled
+    pid = int(pidfile.read_text())
+    process = psutil.Process(pid) if not _pid_gone(pid) else None
+    if process is not None:
+        process.wait(timeout=10)
+    assert _pid_gone(pid)
+
+
+def test_a_grandchild_holding_stdout_does_not_hold_the_call(client: Client) -> None:
+    # setsid puts the grandchild outside the process group; the call still ends.
+    result = client.run(["sh", "-c", "setsid sleep 5 & echo done"], agent="dev", timeout=10)
+    assert result.stdout == b"done\n"
+    assert result.reason is ExitReason.EXITED
+
+
+def test_calls_run_in_parallel(daemon: Daemon) -> None:
+    """Eight calls each wait for all eight to have started: only parallel runs can finish."""
+    marks = daemon.workspace / "marks"
+    marks.mkdir(exist_ok=True)
+    script = ("touch marks/$ID; i=0; while [ $(ls marks | wc -l) -lt 8 ]; do "
+              "i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.05; done")
+    results: list[int] = []
+
+    def call(i: int) -> None:
+        with daemon.client() as c:
+            results.append(c.run(["sh", "-c", script], agent="dev", env={"ID": str(i)}).exit_code)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [0] * 8
+
+
+def test_no_zombies_are_left_behind(client: Client, daemon: Daemon) -> None:
+    for _ in range(20):
+        client.run(["sh", "-c", "true & true & wait"], agent="dev")
+    children = psutil.Process(daemon.proc.pid).children(recursive=True)
+    assert [c for c in children if c.status() == psutil.STATUS_ZOMBIE] == []
