@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+
 from execgate.client._exceptions import ProtocolError, from_rpc_error
 from execgate.client._local import read_local_token
 from execgate.client._models import (

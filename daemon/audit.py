@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+
 from execgate.daemon.model import CommandPlan, Denial, Exit, Plan, Principal, ToolCall
 
 

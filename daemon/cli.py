@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import structlog
+
 from execgate.client._local import write_local_token
 from execgate.daemon.config import (
     DEFAULT_POLICY,

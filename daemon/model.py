@@ -114,14 +114,19 @@ class DenialKind(enum.Enum):
     UNAVAILABLE = "unavailable"
 
 
-@dataclass(frozen=True, slots=True)
 class Denial(Exception):
-    """A refusal: what was refused (``message``), which rule refused it (``rule``)."""
+    """A refusal: what was refused (``message``), which rule refused it (``rule``).
 
-    kind: DenialKind
-    message: str
-    rule: str = ""
-    """Key path of the policy rule that refused, e.g. ``tools.shell.denied_commands``."""
+    A plain exception, not a frozen dataclass: Python sets ``__traceback__`` on exceptions
+    as they travel, which a frozen dataclass refuses.
+    """
+
+    def __init__(self, kind: DenialKind, message: str, rule: str = "") -> None:
+        super().__init__(kind, message, rule)
+        self.kind = kind
+        self.message = message
+        self.rule = rule
+        """Key path of the policy rule that refused, e.g. ``tools.shell.denied_commands``."""
 
     def __str__(self) -> str:
         return f"{self.message} (rule: {self.rule})" if self.rule else self.message

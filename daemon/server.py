@@ -11,6 +11,10 @@ from pathlib import Path
 
 import grpc
 import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
 from execgate.daemon.access import Access
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import Authenticator
@@ -19,9 +23,6 @@ from execgate.daemon.limits import RunSlots
 from execgate.daemon.policy import Policy
 from execgate.daemon.services import AgentService, AuthInterceptor, ExecService
 from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SHUTDOWN_GRACE = 5.0

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 from dotenv import dotenv_values
-from execgate.daemon.config._schema import PolicyConfig
 from pydantic import ValidationError
+
+from execgate.daemon.config._schema import PolicyConfig
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -64,7 +65,7 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _ignored(path: tuple[str, ...]) -> bool:
+def _ignored(path: tuple[str | int, ...]) -> bool:
     return any(len(path) >= len(p) and all(a in ("*", b) for a, b in zip(p, path, strict=False))
                for p in _IGNORED)
 
@@ -76,7 +77,7 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     return out or "(top level)"
 
 
-def _expand(node: Any, env: Mapping[str, str], path: tuple[str, ...],
+def _expand(node: Any, env: Mapping[str, str], path: tuple[str | int, ...],
             problems: list[str]) -> Any:
     """Expand ``${VAR}``/``${VAR:-default}`` in string values; ``$$`` is a literal ``$``."""
     if _ignored(path):
@@ -84,7 +85,7 @@ def _expand(node: Any, env: Mapping[str, str], path: tuple[str, ...],
     if isinstance(node, dict):
         return {k: _expand(v, env, (*path, str(k)), problems) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, env, (*path, str(i)), problems) for i, v in enumerate(node)]
+        return [_expand(v, env, (*path, i), problems) for i, v in enumerate(node)]
     if not isinstance(node, str):
         return node
 

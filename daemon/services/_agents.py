@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from execgate.daemon.access import Access
 from execgate.daemon.auth import current_principal
 from execgate.daemon.config import PolicyConfig

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 import grpc
+
 from execgate.daemon.model import Denial, DenialKind
 
 STATUS = {

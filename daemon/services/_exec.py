@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import DecodeError
+
 from execgate.daemon.access import Access
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal

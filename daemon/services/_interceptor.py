@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import Authenticator, current_principal
 from execgate.daemon.model import Denial

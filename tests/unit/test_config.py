@@ -1,0 +1,171 @@
+"""Policy files: the guide's shape, strict keys, environment expansion, clear problems."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from execgate.daemon.config import (
+    ConfigError,
+    load_policy,
+    parse_duration,
+    parse_policy,
+    unenforced,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION = ROOT / "policies" / "production.yaml"
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_policy(text, "test.yaml", env or {})
+    return info.value.problems
+
+
+def test_production_example_loads_with_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # inside llms: may stay undefined
+    loaded = load_policy(PRODUCTION)
+    assert set(loaded.config.agents) == {"public_assistant", "internal_assistant",
+                                         "admin_assistant"}
+    text = "\n".join(loaded.warnings)
+    assert "agents.public_assistant.tools[0]: tool 'search' is not provided" in text
+    for key in ("llms:", "server.cors", "agents.internal_assistant.document_stores",
+                "agents.admin_assistant.llm"):
+        assert key in text
+
+
+def test_production_example_reports_what_is_not_enforced_yet() -> None:
+    security, other = unenforced(load_policy(PRODUCTION).config)
+    assert any("jwks_url" in s for s in security)
+    assert any("rate_limiting" in s for s in security)
+    assert any("execute_command.require_approval" in s for s in security)
+    assert any("tracing" in s for s in other)
+
+
+def test_unknown_key_is_an_error_naming_its_path() -> None:
+    found = problems("tools:\n  sh:\n    type: command\n    allowed_comands: [ls]\n")
+    assert found == ["tools.sh.allowed_comands: unknown key"]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems("tools:\n  a:\n    type: shell\n  b:\n    type: command\n"
+                     "    max_execution_time: soon\nbogus: 1\n")
+    assert len(found) == 3
+    assert any(p.startswith("tools.a.type") for p in found)
+    assert any(p.startswith("tools.b.max_execution_time") for p in found)
+    assert "bogus: unknown key" in found
+
+
+def test_a_duplicate_key_is_an_error() -> None:
+    found = problems("tools:\n  sh:\n    type: command\n  sh:\n    type: function\n")
+    assert "duplicate key 'sh'" in found[0]
+
+
+def test_unquoted_yes_in_a_command_list_gets_a_hint() -> None:
+    found = problems("tools:\n  sh:\n    type: command\n    allowed_commands: [yes]\n")
+    assert "quote it" in found[0]
+
+
+def test_variables_expand_with_defaults() -> None:
+    text = ("tools:\n  sh:\n    type: command\n    working_directory: ${JAIL}\n"
+            "    max_execution_time: ${LIMIT:-45s}\n")
+    tool = parse_policy(text, "t", {"JAIL": "/srv/jail"}).config.tools["sh"]
+    assert (tool.working_directory, tool.max_execution_time) == ("/srv/jail", 45.0)
+
+
+def test_an_undefined_variable_is_an_error_naming_its_path() -> None:
+    found = problems("server:\n  auth:\n    api_keys: ['${MISSING_KEY}']\n")
+    assert found == ["server.auth.api_keys[0]: environment variable MISSING_KEY is not set "
+                     "(set it, or write ${MISSING_KEY:-default})"]
+
+
+def test_a_double_dollar_is_a_literal_dollar() -> None:
+    text = "tools:\n  sh:\n    type: command\n    env: {PRICE: '$${NOT_A_VAR}'}\n"
+    assert parse_policy(text, "t", {}).config.tools["sh"].env == {"PRICE": "${NOT_A_VAR}"}
+
+
+def test_dotenv_beside_the_config_is_loaded_without_overriding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("JAIL=/from/dotenv\nLIMIT=5s\n")
+    (tmp_path / "p.yaml").write_text("tools:\n  sh:\n    type: command\n"
+                                     "    working_directory: ${JAIL}\n"
+                                     "    max_execution_time: ${LIMIT}\n")
+    monkeypatch.setenv("LIMIT", "7s")
+    tool = load_policy(tmp_path / "p.yaml", cwd=tmp_path / "elsewhere").config.tools["sh"]
+    assert (tool.working_directory, tool.max_execution_time) == ("/from/dotenv", 7.0)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("2m", 120), ("1m30s", 90),
+                                               ("500ms", 0.5), ("1h", 3600), (15, 15)])
+def test_durations_parse(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["30 sec", "-1s", "0s", "s", "", "1d", True])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_an_incomplete_jwt_block_is_refused() -> None:
+    found = problems("server:\n  auth:\n    enabled: true\n    jwks_url: https://x/jwks\n")
+    assert "missing: audience, issuer" in found[0]
+
+
+def test_an_unknown_function_handler_is_refused() -> None:
+    found = problems("tools:\n  web:\n    type: function\n    handler: web_request\n")
+    assert "not a built-in function tool" in found[0]
+
+
+def test_a_path_in_allowed_commands_is_refused() -> None:
+    found = problems("tools:\n  sh:\n    type: command\n    allowed_commands: [/bin/ls]\n")
+    assert "not a bare command name" in found[0]
+
+
+def _execgated(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "execgate.daemon.cli", *args],
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_check_config_accepts_the_production_example() -> None:
+    result = _execgated("check-config", str(PRODUCTION))
+    assert result.returncode == 0
+    assert "not enforced (serve refuses to start): server.auth.jwks_url" in result.stdout
+
+
+def test_check_config_exits_2_listing_every_problem(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("tools:\n  a:\n    type: shell\nbogus: 1\n")
+    result = _execgated("check-config", str(tmp_path / "bad.yaml"))
+    assert result.returncode == 2
+    assert "2 problem(s)" in result.stderr
+    assert "bogus: unknown key" in result.stderr
+
+
+def test_serve_refuses_security_settings_it_does_not_enforce(tmp_path: Path) -> None:
+    result = _execgated("serve", "--config", str(PRODUCTION), "--listen", "127.0.0.1:0",
+                        cwd=tmp_path)
+    assert result.returncode == 2
+    assert "refusing to start: server.auth.jwks_url" in result.stderr
+    assert "tools.execute_command.require_approval" in result.stderr
+
+
+def test_serve_refuses_plaintext_on_a_non_loopback_address(tmp_path: Path) -> None:
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "p.yaml").write_text("tools: {}\n")
+    result = _execgated("serve", "--config", str(tmp_path / "p.yaml"), "--listen",
+                        "0.0.0.0:7878", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "only served on loopback" in result.stderr
+
+
+def test_serve_refuses_a_missing_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("tools:\n  sh:\n    type: command\n"
+                                     "    working_directory: ./nowhere\n")
+    result = _execgated("serve", "--config", str(tmp_path / "p.yaml"), "--listen",
+                        "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "tools.sh.working_directory" in result.stderr
