@@ -1,0 +1,168 @@
+"""execgate's core benchmarks, side by side in one run (run by hand, never in the tests).
+
+    .venv/bin/python bench/bench_exec.py [--calls 1000]
+
+1. `true` round trip through a real daemon on loopback (warm channel, AsyncClient and
+   Client), against subprocess.run(['/bin/true']) in this process.
+2. 100 MB of stdout through execgate, against reading the same from a local pipe; the
+   daemon's RSS growth is sampled while it streams.
+3. 8 concurrent `sleep 0.5` calls from one client: total wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from execgate.client import AsyncClient, Client  # noqa: E402
+from tests.conftest import API_KEY, start_daemon  # noqa: E402
+
+POLICY = """\
+tools:
+  shell:
+    type: command
+    working_directory: ./workspace
+    max_output_bytes: 512MiB
+    allowed_commands: ["true", head, sleep]
+agents:
+  bench:
+    tools: [shell]
+server:
+  auth:
+    enabled: true
+    api_keys: [{name: bench, key: "${TEST_API_KEY}"}]
+logger:
+  level: info
+  format: json
+"""
+BYTES = 100_000_000
+
+
+def percentiles(samples: list[float]) -> str:
+    s = sorted(samples)
+    p50, p99 = s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.99))]
+    return f"p50 {p50 * 1e3:.3f} ms  p99 {p99 * 1e3:.3f} ms  mean {statistics.mean(s) * 1e3:.3f} ms"
+
+
+async def async_round_trips(target: str, calls: int) -> list[float]:
+    async with AsyncClient(target, token=API_KEY) as c:
+        for _ in range(50):
+            await c.run(["true"])
+        samples = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            await c.run(["true"])
+            samples.append(time.perf_counter() - t)
+    return samples
+
+
+def sync_round_trips(target: str, calls: int) -> list[float]:
+    with Client(target, token=API_KEY) as c:
+        for _ in range(50):
+            c.run(["true"])
+        samples = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            c.run(["true"])
+            samples.append(time.perf_counter() - t)
+    return samples
+
+
+def local_true(calls: int) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        subprocess.run(["/bin/true"], check=True)
+        samples.append(time.perf_counter() - t)
+    return samples
+
+
+async def stream_bytes(target: str) -> tuple[float, int]:
+    from execgate.client import OutputChunk
+    received = 0
+    async with AsyncClient(target, token=API_KEY) as c:
+        t = time.perf_counter()
+        async for event in c.stream(["head", "-c", str(BYTES), "/dev/zero"]):
+            if isinstance(event, OutputChunk):
+                received += len(event.data)
+        return time.perf_counter() - t, received
+
+
+def local_pipe() -> float:
+    t = time.perf_counter()
+    proc = subprocess.Popen(["head", "-c", str(BYTES), "/dev/zero"], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    received = 0
+    while chunk := os.read(proc.stdout.fileno(), 65536):
+        received += len(chunk)
+    proc.wait()
+    assert received == BYTES
+    return time.perf_counter() - t
+
+
+async def concurrent_sleeps(target: str) -> float:
+    async with AsyncClient(target, token=API_KEY) as c:
+        await c.run(["true"])
+        t = time.perf_counter()
+        results = await asyncio.gather(*(c.run(["sleep", "0.5"]) for _ in range(8)))
+        assert all(r.exit_code == 0 for r in results)
+        return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        daemon = start_daemon(Path(root), POLICY)
+        try:
+            proc = psutil.Process(daemon.proc.pid)
+            print(f"machine: {os.cpu_count()} cores, Linux {os.uname().release}")
+            local = local_true(args.calls)
+            print(f"subprocess.run(['/bin/true']) in-process : {percentiles(local)}")
+            a = asyncio.run(async_round_trips(daemon.target, args.calls))
+            print(f"execgate `true` (AsyncClient, warm)       : {percentiles(a)}")
+            s = sync_round_trips(daemon.target, args.calls)
+            print(f"execgate `true` (Client, warm)            : {percentiles(s)}")
+            ratio = sorted(a)[len(a) // 2] / sorted(local)[len(local) // 2]
+            print(f"ratio p50 execgate(async) / local         : {ratio:.2f}x")
+
+            baseline = proc.memory_info().rss
+            peak = [baseline]
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], proc.memory_info().rss)
+                    done.wait(0.01)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            elapsed, received = asyncio.run(stream_bytes(daemon.target))
+            done.set()
+            sampler.join()
+            assert received == BYTES, received
+            pipe = local_pipe()
+            print(f"100 MB stdout through execgate            : {BYTES / elapsed / 1e6:.0f} MB/s "
+                  f"({elapsed:.3f} s); daemon RSS +{(peak[0] - baseline) / 2**20:.1f} MiB")
+            print(f"100 MB from a local pipe                  : {BYTES / pipe / 1e6:.0f} MB/s "
+                  f"({pipe:.3f} s)")
+            print(f"8 concurrent `sleep 0.5`                  : "
+                  f"{asyncio.run(concurrent_sleeps(daemon.target)):.3f} s")
+        finally:
+            daemon.stop()
+
+
+if __name__ == "__main__":
+    main()
