@@ -25,8 +25,8 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from execgate.client import AsyncClient, Client  # noqa: E402
-from tests.conftest import API_KEY, start_daemon  # noqa: E402
+from execgate.client import AsyncClient, Client
+from tests.conftest import API_KEY, start_daemon
 
 POLICY = """\
 tools:
