@@ -22,6 +22,12 @@ class ExitReason(enum.Enum):
     """The call was cancelled."""
     TOOL_ERROR = 6
     """A function tool failed; see ``message``."""
+    MEMORY_LIMIT = 7
+    """The kernel killed the job at its memory limit."""
+    PIDS_LIMIT = 8
+    """The job hit its process limit and did not succeed."""
+    SANDBOX_ERROR = 9
+    """The sandbox could not set the job up; nothing ran. See ``message``."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class Audit:
         """A run ended: how, and what it cost."""
         self._log.info(
             "run.exited", run_id=run_id, subject=principal.subject, reason=exit.reason.name,
+            message=exit.message,
             exit_code=exit.exit_code, signal=exit.signal, wall_time=round(exit.wall_time, 6),
             user_time=exit.user_time, system_time=exit.system_time,
             max_rss_bytes=exit.max_rss_bytes, stdout_bytes=exit.stdout_bytes,

@@ -1,7 +1,8 @@
-"""``execgated``: serve a policy, or check one.
+"""``execgated``: serve a policy, check one, or check this host's sandbox.
 
     execgated serve [--config FILE] [--listen ADDR ...]
     execgated check-config FILE
+    execgated doctor [--config FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from execgate.daemon.config import (
     parse_policy,
     unenforced,
 )
-from execgate.daemon.server import StartupError, listeners, serve
+from execgate.daemon.sandbox import Spawner
+from execgate.daemon.server import (
+    StartupError,
+    listeners,
+    make_policy,
+    sandbox_report,
+    serve,
+)
 
 EXIT_CONFIG = 2
 
@@ -70,15 +78,40 @@ def _check_config(path: Path) -> int:
     return 0
 
 
+def _load(config_path: Path | None, token: str) -> LoadedPolicy:
+    if config_path is not None:
+        return load_policy(config_path)
+    env = {**expansion_env(None, Path.cwd()), "EXECGATE_LOCAL_TOKEN": token}
+    return parse_policy(DEFAULT_POLICY, "(embedded default)", env)
+
+
+def _doctor(config_path: Path | None) -> int:
+    """Print the sandbox layers this host supports; exit 1 when the policy needs a missing one."""
+    loaded = _load(config_path, token="")  # doctor serves nothing: no token needed
+    policy = make_policy(loaded.config, Path.cwd())
+    spawner = Spawner.start()
+    try:
+        host = spawner.host
+    finally:
+        spawner.close()
+    print(f"running as {'root' if host.root else 'an unprivileged user'}"
+          + (f"; user namespace: {host.user_namespace}" if host.user_namespace else ""))
+    for layer, missing in host.report():
+        print(f"  {'ok  ' if missing is None else 'MISSING'}  {layer}"
+              + (f": {missing}" if missing else ""))
+    report = sandbox_report(policy, host)
+    for level, message in report:
+        print(f"{level}: {message}")
+    print(f"policy {loaded.source}: " + ("every tool can run confined as configured"
+                                         if not any(lv == "error" for lv, _ in report)
+                                         else "some tools cannot run on this host"))
+    return 1 if any(level == "error" for level, _ in report) else 0
+
+
 def _serve(config_path: Path | None, listen: list[str]) -> int:
-    token = None
-    if config_path is None:
-        # The embedded default: a fresh local token so that only this user can call it.
-        token = secrets.token_urlsafe(32)
-        env = {**expansion_env(None, Path.cwd()), "EXECGATE_LOCAL_TOKEN": token}
-        loaded: LoadedPolicy = parse_policy(DEFAULT_POLICY, "(embedded default)", env)
-    else:
-        loaded = load_policy(config_path)
+    # The embedded default gets a fresh local token so that only this user can call it.
+    token = secrets.token_urlsafe(32) if config_path is None else None
+    loaded = _load(config_path, token or "")
     configure_logging(loaded.config.logger)
     log = structlog.get_logger()
     security, other = unenforced(loaded.config)
@@ -116,10 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                            help="HOST:PORT or unix:PATH; repeatable; overrides the policy")
     check_cmd = commands.add_parser("check-config", help="validate a policy file")
     check_cmd.add_argument("file", type=Path)
+    doctor_cmd = commands.add_parser("doctor", help="which sandbox layers this host supports")
+    doctor_cmd.add_argument("--config", type=Path,
+                            help="policy whose required layers to check (default: embedded)")
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
             return _check_config(args.file)
+        if args.command == "doctor":
+            return _doctor(args.config)
         return _serve(args.config, args.listen)
     except ConfigError as exc:
         print(f"execgated: {exc.source}:", file=sys.stderr)

@@ -56,6 +56,32 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Confinement:
+    """The kernel confinement of a command, resolved from the policy for one tool."""
+
+    filesystem: str
+    """Landlock layer: ``required``, ``optional`` or ``off``."""
+    namespaces: str
+    """pid + mount namespace layer."""
+    cgroup: str
+    """per-job cgroup layer."""
+    network: bool
+    uid: int | None
+    """User to run as; None keeps the daemon's own (when it is not root)."""
+    gid: int | None
+    user: str
+    read_paths: tuple[str, ...]
+    write_paths: tuple[str, ...]
+    cpu_time: float | None
+    file_size: int | None
+    open_files: int | None
+    address_space: int | None
+    processes: int | None
+    memory: int | None
+    tmp_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class CommandPlan:
     """Exactly what runs for a command tool call: the policy's verdict made concrete."""
 
@@ -71,6 +97,7 @@ class CommandPlan:
     stdin: bool
     jail: Path
     """Real path of the tool's working_directory."""
+    confinement: Confinement
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +139,7 @@ class DenialKind(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
+    SANDBOX_UNAVAILABLE = "sandbox_unavailable"
 
 
 class Denial(Exception):
@@ -148,6 +176,9 @@ class ExitReason(enum.Enum):
     OUTPUT_LIMIT = 4
     CANCELLED = 5
     TOOL_ERROR = 6
+    MEMORY_LIMIT = 7
+    PIDS_LIMIT = 8
+    SANDBOX_ERROR = 9
 
 
 @dataclass(frozen=True, slots=True)

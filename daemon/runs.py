@@ -4,8 +4,8 @@ Output is read straight from the pipes with ``add_reader`` as it arrives and que
 caller; when more than ``HIGH_WATER`` bytes wait for a slow caller the pipes are not read,
 so the command blocks on its own writes instead of the daemon buffering. Past the output
 limit nothing is buffered either: bytes are read, counted as dropped, and the run is stopped.
-The exit status comes from the child's pidfd, so no thread waits per child and ``wait4``
-supplies the rusage.
+The exit status comes from the sandbox helper's report (the job's init waits for the
+command and supplies its rusage), so no thread waits per child.
 """
 
 from __future__ import annotations
@@ -16,16 +16,25 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
-from execgate.daemon.model import Exit, ExitReason, FunctionPlan, Limits, Output, RunEvent, Stream
-from execgate.daemon.sandbox import Child, ExitStatus
+from execgate.daemon.model import (
+    CommandPlan,
+    Exit,
+    ExitReason,
+    FunctionPlan,
+    Limits,
+    Output,
+    RunEvent,
+    Stream,
+)
+from execgate.daemon.sandbox import ExitStatus, Job, Layers, Spawner
 from execgate.daemon.tools import ToolError, run_function
 
 CHUNK = 64 * 1024
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 EOF_GRACE = 0.5
-"""Seconds to wait for end of output once the command's process group is gone: a process
-that escaped the group may hold a pipe open, and must not hold the call open with it."""
+"""Seconds to wait for end of output once the command has exited: without a pid namespace a
+process that escaped the session may hold a pipe open, and must not hold the call with it."""
 
 Clock = Callable[[], float]
 
@@ -33,9 +42,40 @@ Clock = Callable[[], float]
 class CommandRun:
     """A running command; ``events()`` yields its output and then exactly one Exit."""
 
-    def __init__(self, child: Child, limits: Limits, clock: Clock = time.monotonic) -> None:
+    @classmethod
+    def start(cls, spawner: Spawner, plan: CommandPlan, clock: Clock = time.monotonic,
+              ) -> CommandRun:
+        """Make the job's pipes, hand their far ends to the sandbox, and start pumping."""
+        ours: list[int] = []
+        theirs: list[int] = []
+        try:
+            if plan.stdin:
+                stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+                theirs.append(stdin_r)
+                ours.append(stdin_w)
+            else:
+                theirs.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            for _ in range(2):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ours.append(r)
+                theirs.append(w)
+            job = spawner.spawn(plan, *theirs)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        stdin = ours.pop(0) if plan.stdin else None
+        return cls(job, stdin, ours[0], ours[1], plan.limits, clock)
+
+    def __init__(self, job: Job, stdin: int | None, stdout: int, stderr: int, limits: Limits,
+                 clock: Clock = time.monotonic) -> None:
         self._loop = asyncio.get_running_loop()
-        self._child = child
+        self._job = job
+        self.layers: Layers | None = job.layers
+        """The kernel layers confining the command."""
         self._limits = limits
         self._clock = clock
         self._started = clock()
@@ -43,16 +83,19 @@ class CommandRun:
         self._queued = 0
         self._paused = False
         self._discard = False
-        self._streams = {child.stdout: Stream.STDOUT, child.stderr: Stream.STDERR}
+        self._streams = {stdout: Stream.STDOUT, stderr: Stream.STDERR}
         self._offsets = {Stream.STDOUT: 0, Stream.STDERR: 0}
         self._dropped = 0
         self._status: ExitStatus | None = None
         self._stop_reason: ExitReason | None = None
         self._finished = False
-        self._stdin = child.stdin
+        self._stdin = stdin
+        for fd in (stdin, stdout, stderr):
+            if fd is not None:
+                os.set_blocking(fd, False)
         for fd in self._streams:
             self._loop.add_reader(fd, self._on_readable, fd)
-        self._loop.add_reader(child.pidfd, self._on_exit)
+        job.exited.add_done_callback(self._on_exit)
         self._timers = [self._loop.call_later(limits.timeout, self._stop, ExitReason.TIMEOUT)]
 
     # -- the caller's side -------------------------------------------------------------
@@ -87,9 +130,8 @@ class CommandRun:
             self._stdin = None
 
     def send_signal(self, sig: int) -> None:
-        """Signal the command's process group, as the caller asked."""
-        if self._status is None:
-            self._child.signal_group(sig)
+        """Signal the command's session, as the caller asked."""
+        self._job.signal_group(sig)
 
     def cancel(self) -> None:
         """The caller is gone: kill the group now; reaping goes on without a reader."""
@@ -141,11 +183,8 @@ class CommandRun:
         del self._streams[fd]
         os.close(fd)
 
-    def _on_exit(self) -> None:
-        self._loop.remove_reader(self._child.pidfd)
-        self._status = self._child.reap()
-        # The job ends with its leader: whatever it left behind in its group goes too.
-        self._child.signal_group(signal.SIGKILL)
+    def _on_exit(self, exited: asyncio.Future[ExitStatus]) -> None:
+        self._status = exited.result()
         for timer in self._timers:
             timer.cancel()
         self._timers = [self._loop.call_later(EOF_GRACE, self._give_up_on_output)]
@@ -165,11 +204,11 @@ class CommandRun:
         self._stop_reason = reason
         self.close_stdin()
         if reason is ExitReason.CANCELLED:
-            self._child.signal_group(signal.SIGKILL)
+            self._job.signal_group(signal.SIGKILL)
             return
-        self._child.signal_group(signal.SIGTERM)
+        self._job.signal_group(signal.SIGTERM)
         self._timers.append(self._loop.call_later(
-            self._limits.kill_grace, self._child.signal_group, signal.SIGKILL))
+            self._limits.kill_grace, self._job.signal_group, signal.SIGKILL))
 
     def _maybe_finish(self) -> None:
         if self._finished or self._status is None or self._streams:
@@ -179,13 +218,11 @@ class CommandRun:
             timer.cancel()
         self.close_stdin()
         status = self._status
-        if self._stop_reason is not None:
-            reason = self._stop_reason
-        else:
-            reason = ExitReason.SIGNALED if status.signal else ExitReason.EXITED
+        reason = _reason(status, self._stop_reason)
+        message = status.error or _REASON_TEXT.get(reason, "").format(limits=self._limits)
         self._queue.put_nowait(Exit(
             reason=reason, exit_code=status.exit_code, signal=status.signal,
-            message=_REASON_TEXT.get(reason, "").format(limits=self._limits),
+            message=message,
             wall_time=self._clock() - self._started, user_time=status.user_time,
             system_time=status.system_time, max_rss_bytes=status.max_rss_bytes,
             stdout_bytes=self._offsets[Stream.STDOUT], stderr_bytes=self._offsets[Stream.STDERR],
@@ -205,15 +242,36 @@ class CommandRun:
             self._loop.remove_writer(fd)
 
 
+def _reason(status: ExitStatus, stopped: ExitReason | None) -> ExitReason:
+    """Why a command ended, most specific first: a limit the kernel enforced says more than
+    the signal it used."""
+    if status.error is not None:
+        return ExitReason.SANDBOX_ERROR
+    if stopped is ExitReason.CANCELLED:
+        return stopped
+    if status.oom_kills:
+        return ExitReason.MEMORY_LIMIT
+    if status.pids_max_hits and (stopped is not None or status.signal or status.exit_code):
+        return ExitReason.PIDS_LIMIT
+    if stopped is not None:
+        return stopped
+    return ExitReason.SIGNALED if status.signal else ExitReason.EXITED
+
+
 _REASON_TEXT = {
     ExitReason.TIMEOUT: "stopped at its deadline of {limits.timeout:g}s",
     ExitReason.OUTPUT_LIMIT: "stopped when its output passed {limits.output_limit_bytes} bytes",
     ExitReason.CANCELLED: "cancelled by the caller",
+    ExitReason.MEMORY_LIMIT: "killed by the kernel at the job's memory limit",
+    ExitReason.PIDS_LIMIT: "hit the job's process limit (forks were refused)",
 }
 
 
 class FunctionRun:
     """A built-in function tool call; same events as a command."""
+
+    layers: Layers | None = None
+    """Function tools run in the daemon, confined by construction, not by kernel layers."""
 
     def __init__(self, plan: FunctionPlan, clock: Clock = time.monotonic) -> None:
         self._plan = plan

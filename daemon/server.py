@@ -20,7 +20,9 @@ from execgate.daemon.audit import Audit
 from execgate.daemon.auth import Authenticator
 from execgate.daemon.config import PolicyConfig
 from execgate.daemon.limits import RunSlots
-from execgate.daemon.policy import Policy
+from execgate.daemon.model import Denial
+from execgate.daemon.policy import ConfinementError, Policy
+from execgate.daemon.sandbox import HostSupport, Spawner, _linux, layers_for
 from execgate.daemon.services import AgentService, AuthInterceptor, ExecService
 from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
 
@@ -83,14 +85,48 @@ def check_jails(policy: Policy, create: bool) -> None:
                                "create it, or point the tool at an existing directory")
 
 
+def make_policy(config: PolicyConfig, base: Path) -> Policy:
+    """The policy, with every tool's sandbox resolved (run_as users exist, and so on)."""
+    try:
+        return Policy(config, base)
+    except ConfinementError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def sandbox_report(policy: Policy, host: HostSupport) -> list[tuple[str, str]]:
+    """(level, message) for each tool whose sandbox this host cannot fully give."""
+    out = []
+    for tool, confinement in policy.confinements.items():
+        try:
+            layers = layers_for(tool, confinement, host)
+        except Denial as denial:
+            out.append(("error", f"every call to {tool} will be refused: {denial}"))
+            continue
+        for layer, mode, used in (("filesystem", confinement.filesystem, layers.landlock),
+                                  ("namespaces", confinement.namespaces, layers.namespaces),
+                                  ("cgroup", confinement.cgroup, layers.cgroup)):
+            if mode == "optional" and not used:
+                out.append(("warning", f"tools.{tool}.sandbox.{layer} is optional and "
+                                       "unavailable on this host: skipped"))
+    return out
+
+
 async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
                 on_ready: Callable[[list[str]], None], create_jails: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then stop runs and drain calls."""
-    policy = Policy(config, base)
+    policy = make_policy(config, base)
     check_jails(policy, create_jails)
+    # No command may read this process's memory or environment through /proc or ptrace.
+    _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
+    # The helper starts before the gRPC server, as a fresh exec: nothing forks this process.
+    spawner = Spawner.start()
+    spawner.attach(asyncio.get_running_loop())
+    for level, message in sandbox_report(policy, spawner.host):
+        getattr(log, level)("sandbox", detail=message)
     audit = Audit()
     access = Access(config)
-    exec_service = ExecService(access, policy, RunSlots(config.server.max_concurrent_runs), audit)
+    exec_service = ExecService(access, policy, RunSlots(config.server.max_concurrent_runs),
+                               spawner, audit)
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(Authenticator(config.server.auth), audit)],
         options=[("grpc.so_reuseport", 0),  # two daemons must not share a port silently
@@ -129,3 +165,4 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
     await health.enter_graceful_shutdown()
     exec_service.cancel_all()
     await server.stop(SHUTDOWN_GRACE)
+    spawner.close()

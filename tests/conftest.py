@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import threading
@@ -111,10 +112,21 @@ def daemon_command() -> list[str]:
     return [sys.executable, "-m", "execgate.daemon.cli"]
 
 
+NOBODY = pwd.getpwnam("nobody")
+
+
+def writable_by_commands(path: Path) -> Path:
+    """Make ``path`` writable by the user commands run as (nobody, when tests run as root)."""
+    if os.geteuid() == 0:
+        os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+    return path
+
+
 def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, str] | None = None,
                  extra_args: tuple[str, ...] = ()) -> Daemon:
     """Start execgated in ``root`` and return once it says it is serving."""
     (root / "workspace").mkdir(exist_ok=True)
+    writable_by_commands(root / "workspace")
     args = [*daemon_command(), "serve", "--listen", "127.0.0.1:0", *extra_args]
     if policy is not None:
         (root / "policy.yaml").write_text(policy)

@@ -64,6 +64,102 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Layer = Literal["required", "optional", "off"]
+
+DEFAULT_READ_PATHS = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
+    "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+    "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/resolv.conf",
+    "/etc/localtime", "/etc/timezone", "/etc/ssl", "/etc/ca-certificates", "/etc/os-release",
+    "/etc/debian_version", "/etc/mime.types", "/etc/gitconfig", "/etc/inputrc",
+    "/etc/terminfo", "/etc/protocols", "/etc/services", "/etc/magic", "/etc/python3",
+    "/etc/python3.11", "/proc", "/dev/zero", "/dev/random", "/dev/urandom",
+    "/sys/devices/system/cpu",
+)
+"""What commands may read and execute besides their jail: the system's programs and
+libraries, and the handful of /etc files they need. Not /etc as a whole (the daemon's own
+configuration and keys live there), not /root, /home, /var or other tools' jails."""
+
+
+class SandboxLimits(_Strict):
+    """Resource bounds of one job. ``null`` turns a bound off."""
+
+    cpu_time: Duration | None = 600.0
+    """RLIMIT_CPU: CPU seconds before the kernel kills the command."""
+    file_size: Size | None = 1024**3
+    """RLIMIT_FSIZE: the largest file the command may write."""
+    open_files: int | None = Field(default=1024, gt=0)
+    """RLIMIT_NOFILE."""
+    address_space: Size | None = None
+    """RLIMIT_AS: off by default, since it breaks Go and the JVM; use memory instead."""
+    processes: int | None = Field(default=256, gt=0)
+    """Processes and threads of the job at once (a per-job pids cgroup)."""
+    memory: Size | None = 2 * 1024**3
+    """Memory of the whole job (a per-job memory cgroup); past it the kernel kills."""
+    tmp_size: Size = 256 * 1024**2
+    """Size of the job's private /tmp (a tmpfs that disappears with the job)."""
+
+
+class SandboxLimitsOverride(_Strict):
+    """A tool's changes to the policy-wide limits: only the keys given change."""
+
+    cpu_time: Duration | None = None
+    file_size: Size | None = None
+    open_files: int | None = Field(default=None, gt=0)
+    address_space: Size | None = None
+    processes: int | None = Field(default=None, gt=0)
+    memory: Size | None = None
+    tmp_size: Size | None = None
+
+
+class SandboxConfig(_Strict):
+    """Kernel confinement of commands. Each layer is ``required`` (a call is refused when the
+    host lacks it), ``optional`` (skipped with a warning at startup) or ``off``."""
+
+    filesystem: Layer = "required"
+    """Landlock: reads of system paths, writes only in the jail and the private /tmp."""
+    namespaces: Layer = "required"
+    """Own pid and mount namespaces: a private /proc and /tmp, and no process outlives
+    the job."""
+    cgroup: Layer = "required"
+    """Per-job pids and memory cgroups (limits.processes and limits.memory)."""
+    network: bool = False
+    """false: an empty network namespace (only a down loopback) and Landlock TCP denial."""
+    run_as: str | None = None
+    """User that commands run as when the daemon is root; default ``nobody``. ``root`` must
+    be written out to run commands as root."""
+    read_paths: list[str] = Field(default_factory=lambda: list(DEFAULT_READ_PATHS))
+    """Readable (and executable) paths besides the jail."""
+    extra_read_paths: list[str] = Field(default_factory=list)
+    """Added to read_paths, so that a tool can extend the defaults without restating them."""
+    write_paths: list[str] = Field(default_factory=list)
+    """Writable paths besides the jail and the private /tmp."""
+    limits: SandboxLimits = SandboxLimits()
+
+
+class SandboxOverride(_Strict):
+    """A tool's changes to the policy-wide ``sandbox``: only the keys given change."""
+
+    filesystem: Layer | None = None
+    namespaces: Layer | None = None
+    cgroup: Layer | None = None
+    network: bool | None = None
+    run_as: str | None = None
+    read_paths: list[str] | None = None
+    extra_read_paths: list[str] | None = None
+    write_paths: list[str] | None = None
+    limits: SandboxLimitsOverride | None = None
+
+    def apply(self, base: SandboxConfig) -> SandboxConfig:
+        """``base`` with this override's keys replaced."""
+        changes: dict[str, Any] = {k: getattr(self, k) for k in self.model_fields_set
+                                   if k != "limits"}
+        if self.limits is not None:
+            changes["limits"] = base.limits.model_copy(update={
+                k: getattr(self.limits, k) for k in self.limits.model_fields_set})
+        return base.model_copy(update=changes)
+
+
 class ToolConfig(_Strict):
     """One tool: a command tool (argv) or a built-in function tool (named arguments)."""
 
@@ -88,6 +184,8 @@ class ToolConfig(_Strict):
     """Fixed environment variables for commands, checked like a request's."""
     kill_grace: Duration = 2.0
     """Seconds between SIGTERM and SIGKILL when a run is stopped."""
+    sandbox: SandboxOverride | None = None
+    """This tool's changes to the policy-wide sandbox (command tools)."""
 
 
 class AgentConfig(_Strict):
@@ -190,7 +288,13 @@ class PolicyConfig(_Strict):
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     server: ServerConfig = ServerConfig()
     logger: LoggerConfig = LoggerConfig()
+    sandbox: SandboxConfig = SandboxConfig()
     llms: Any = None
+
+    def sandbox_for(self, tool: str) -> SandboxConfig:
+        """The sandbox of ``tool``: the policy's, with the tool's override applied."""
+        override = self.tools[tool].sandbox
+        return override.apply(self.sandbox) if override else self.sandbox
 
     @model_validator(mode="after")
     def _tools_are_coherent(self) -> PolicyConfig:

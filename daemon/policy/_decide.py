@@ -8,6 +8,7 @@ from pathlib import Path
 from execgate.daemon.config import AgentConfig, PolicyConfig, ToolConfig
 from execgate.daemon.model import (
     CommandPlan,
+    Confinement,
     Denial,
     DenialKind,
     FunctionPlan,
@@ -16,6 +17,7 @@ from execgate.daemon.model import (
     ToolCall,
 )
 from execgate.daemon.policy._command import check_argv, check_command, resolve_command
+from execgate.daemon.policy._confine import resolve as resolve_confinement
 from execgate.daemon.policy._env import check_env, command_env
 from execgate.daemon.policy._jail import check_relative, resolve_cwd
 
@@ -36,6 +38,13 @@ class Policy:
         self._config = config
         self._jails = {name: (base / tool.working_directory).resolve()
                        for name, tool in config.tools.items()}
+        self._confinement = {name: resolve_confinement(config, name, self._jails[name])
+                             for name in config.tools}
+
+    @property
+    def confinements(self) -> dict[str, Confinement]:
+        """Each tool's resolved sandbox."""
+        return dict(self._confinement)
 
     @property
     def jails(self) -> dict[str, Path]:
@@ -93,7 +102,8 @@ class Policy:
         env = command_env(self._config.server.path, jail, tool.env, call.env)
         return CommandPlan(agent=agent_name, tool=tool_name, executable=executable,
                            argv=call.argv, cwd=cwd, env=env, limits=limits,
-                           stdin=call.stdin, jail=jail)
+                           stdin=call.stdin, jail=jail,
+                           confinement=self._confinement[tool_name])
 
     def _function(self, agent_name: str, tool_name: str, tool: ToolConfig, call: ToolCall,
                   limits: Limits) -> Plan:
@@ -141,7 +151,8 @@ class Policy:
         return CommandPlan(agent=agent_name, tool=tool_name,
                            executable=resolve_command("grep", path), argv=tuple(argv),
                            cwd=jail, env=command_env(path, jail, {}, {}), limits=limits,
-                           stdin=False, jail=jail)
+                           stdin=False, jail=jail,
+                           confinement=self._confinement[tool_name])
 
 
 def resolve_path(jail: Path, relative: str, rule: str) -> Path:

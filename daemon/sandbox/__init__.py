@@ -1,5 +1,7 @@
-"""The sandbox step: the one place a tool call becomes a process."""
+"""The sandbox step: the one place a tool call becomes a (confined) process."""
 
-from execgate.daemon.sandbox._spawn import Child, ExitStatus, spawn
+from execgate.daemon.sandbox._host import HostSupport, Layers, layers_for
+from execgate.daemon.sandbox._spawner import ExitStatus, Job, Spawner, SpawnerError, job_spec
 
-__all__ = ["Child", "ExitStatus", "spawn"]
+__all__ = ["ExitStatus", "HostSupport", "Job", "Layers", "Spawner", "SpawnerError", "job_spec",
+           "layers_for"]

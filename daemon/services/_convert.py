@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from execgate.daemon.config import AgentConfig, PolicyConfig
 from execgate.daemon.model import CommandPlan, Exit, Output, Plan, Stream, ToolCall
+from execgate.daemon.sandbox import Layers
 from execgate.v1 import agents_pb2, exec_pb2
 
 _STREAM = {Stream.STDOUT: exec_pb2.STREAM_STDOUT, Stream.STDERR: exec_pb2.STREAM_STDERR}
@@ -20,8 +21,8 @@ def tool_call(start: exec_pb2.StartCall) -> ToolCall:
                     timeout=timeout, stdin=start.stdin)
 
 
-def accepted(run_id: str, plan: Plan) -> exec_pb2.ExecuteResponse:
-    """The ``accepted`` message: the run id and the exact plan."""
+def accepted(run_id: str, plan: Plan, layers: Layers | None) -> exec_pb2.ExecuteResponse:
+    """The ``accepted`` message: the run id and the exact plan, with its confinement."""
     limits = exec_pb2.Limits(output_limit_bytes=plan.limits.output_limit_bytes)
     limits.timeout.FromNanoseconds(round(plan.limits.timeout * 1e9))
     message = exec_pb2.Plan(agent=plan.agent, tool=plan.tool, executable=plan.executable,
@@ -30,6 +31,18 @@ def accepted(run_id: str, plan: Plan) -> exec_pb2.ExecuteResponse:
         message.argv.extend(plan.argv)
         message.cwd = str(plan.cwd)
         message.env_names.extend(sorted(plan.env))
+        c = plan.confinement
+        if c.cpu_time is not None:
+            limits.cpu_time.FromNanoseconds(round(c.cpu_time * 1e9))
+        limits.open_files = c.open_files or 0
+        limits.file_size_bytes = c.file_size or 0
+        if layers is not None:
+            message.sandbox.CopyFrom(exec_pb2.Sandbox(
+                filesystem=layers.landlock, namespaces=layers.namespaces, cgroup=layers.cgroup,
+                network=c.network, run_as=c.user))
+            if layers.cgroup:
+                limits.memory_bytes = c.memory or 0
+                limits.processes = c.processes or 0
     else:
         message.cwd = str(plan.jail)
     return exec_pb2.ExecuteResponse(accepted=exec_pb2.Accepted(run_id=run_id, plan=message))

@@ -22,6 +22,7 @@ STATUS = {
     DenialKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     DenialKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DenialKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    DenialKind.SANDBOX_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

@@ -27,7 +27,7 @@ from execgate.daemon.model import (
 )
 from execgate.daemon.policy import Policy
 from execgate.daemon.runs import CommandRun, FunctionRun, Run
-from execgate.daemon.sandbox import spawn
+from execgate.daemon.sandbox import Spawner
 from execgate.daemon.services import _convert
 from execgate.daemon.services._errors import abort
 from execgate.v1 import exec_pb2, exec_pb2_grpc
@@ -59,9 +59,11 @@ async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
 class ExecService(exec_pb2_grpc.ExecServiceServicer):
     """Runs tool calls over bidirectional streams."""
 
-    def __init__(self, access: Access, policy: Policy, slots: RunSlots, audit: Audit) -> None:
+    def __init__(self, access: Access, policy: Policy, slots: RunSlots, spawner: Spawner,
+                 audit: Audit) -> None:
         self._access = access
         self._policy = policy
+        self._spawner = spawner
         self._slots = slots
         self._audit = audit
         self._runs: set[Run] = set()
@@ -91,6 +93,10 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             await abort(context, denial)
         try:
             run = self._start(plan)
+        except Denial as denial:  # a sandbox layer the policy requires is missing
+            self._slots.release()
+            self._audit.denied(principal, call, denial)
+            await abort(context, denial)
         except OSError as exc:
             self._slots.release()
             await abort(context, Denial(DenialKind.UNAVAILABLE,
@@ -100,7 +106,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self._runs.add(run)
         control = asyncio.create_task(self._control(requests, run, call))
         try:
-            await context.write(_convert.accepted(run_id, plan))
+            await context.write(_convert.accepted(run_id, plan, run.layers))
             async for event in run.events():
                 if isinstance(event, Exit):
                     self._audit.exited(run_id, principal, event)
@@ -117,10 +123,9 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Denial):
                 await control
 
-    @staticmethod
-    def _start(plan: Plan) -> Run:
+    def _start(self, plan: Plan) -> Run:
         if isinstance(plan, CommandPlan):
-            return CommandRun(spawn(plan), plan.limits)
+            return CommandRun.start(self._spawner, plan)
         return FunctionRun(plan)
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 from pathlib import Path
@@ -19,16 +20,26 @@ from execgate.client import (
     PolicyDeniedError,
     Started,
 )
-from tests.conftest import Daemon
+from tests.conftest import Daemon, writable_by_commands
 
 BINARY = bytes(range(256)) * 4
 
 
-def _pid_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+def _sleeper() -> str:
+    """A `sleep` argument no other process on the host has: it finds the job's processes
+    from outside its pid namespace."""
+    return f"{random.randint(1000, 9999)}.{random.randint(100000, 999999)}"
+
+
+def _survivors(marker: str) -> list[psutil.Process]:
+    """Processes still running `sleep <marker>`, once the kernel has finished killing."""
+    found = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]]
+    _, alive = psutil.wait_procs(found, timeout=10)
+    return [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _running(marker: str) -> bool:
+    return any(p.info["cmdline"] == ["sleep", marker] for p in psutil.process_iter(["cmdline"]))
 
 
 def test_echo_round_trip_returns_exact_bytes(client: Client) -> None:
@@ -85,12 +96,19 @@ def test_exit_reports_rusage_and_wall_time(client: Client) -> None:
     assert exited.max_rss_bytes > 0
 
 
-def test_timeout_stops_the_run_and_its_process_group(client: Client, daemon: Daemon) -> None:
-    pidfile = daemon.workspace / "timeout.pid"
-    result = client.run(["sh", "-c", "sleep 30 & echo $! > timeout.pid; wait"], agent="dev",
-                        timeout=0.5)
+def test_timeout_stops_the_run_and_everything_it_started(client: Client) -> None:
+    marker = _sleeper()
+    result = client.run(["sh", "-c", f"sleep {marker} & wait"], agent="dev", timeout=0.5)
     assert result.reason is ExitReason.TIMEOUT
-    assert _pid_gone(int(pidfile.read_text()))
+    assert _survivors(marker) == []
+
+
+def test_setsid_and_double_fork_do_not_outlive_the_job(client: Client) -> None:
+    marker = _sleeper()
+    script = f"(setsid sh -c 'sleep {marker} &' &); (sh -c 'sleep {marker} & exit 0' &); echo up"
+    result = client.run(["sh", "-c", script], agent="dev", timeout=5)
+    assert result.stdout == b"up\n"
+    assert _survivors(marker) == []
 
 
 def test_a_child_ignoring_sigterm_is_killed_after_the_grace(client: Client) -> None:
@@ -126,7 +144,7 @@ def test_the_daemons_environment_does_not_reach_the_command(tmp_path: Path) -> N
             out = c.run(["env"], agent="dev").stdout
         names = {line.split(b"=", 1)[0] for line in out.splitlines()}
         assert b"s3cr3t-value" not in out
-        assert names == {b"PATH", b"HOME", b"LANG", b"PWD"}
+        assert names == {b"PATH", b"HOME", b"LANG", b"PWD", b"TMPDIR"}
     finally:
         d.stop()
 
@@ -176,20 +194,15 @@ def test_a_run_is_audited_with_what_ran(client: Client, daemon: Daemon) -> None:
     assert exited[0]["reason"] == "EXITED"
 
 
-def test_a_caller_going_away_kills_the_process_group(client: Client, daemon: Daemon) -> None:
-    pidfile = daemon.workspace / "cancel.pid"
-    pidfile.unlink(missing_ok=True)
-    events = client.stream(["sh", "-c", "sleep 60 & echo $! > cancel.pid; echo go; wait"],
-                           agent="dev")
+def test_a_caller_going_away_kills_the_whole_job(client: Client) -> None:
+    marker = _sleeper()
+    events = client.stream(["sh", "-c", f"setsid sleep {marker} & echo go; wait"], agent="dev")
     for event in events:
         if isinstance(event, OutputChunk):
             break
+    assert _running(marker)
     events.close()  # the caller stops reading: the call is cancelled
-    pid = int(pidfile.read_text())
-    process = psutil.Process(pid) if not _pid_gone(pid) else None
-    if process is not None:
-        process.wait(timeout=10)
-    assert _pid_gone(pid)
+    assert _survivors(marker) == []
 
 
 def test_a_grandchild_holding_stdout_does_not_hold_the_call(client: Client) -> None:
@@ -203,6 +216,7 @@ def test_calls_run_in_parallel(daemon: Daemon) -> None:
     """Eight calls each wait for all eight to have started: only parallel runs can finish."""
     marks = daemon.workspace / "marks"
     marks.mkdir(exist_ok=True)
+    writable_by_commands(marks)
     script = ("touch marks/$ID; i=0; while [ $(ls marks | wc -l) -lt 8 ]; do "
               "i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.05; done")
     results: list[int] = []

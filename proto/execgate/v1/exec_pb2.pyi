@@ -57,6 +57,12 @@ class _ExitReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitReason
     """The caller cancelled the call or went away."""
     EXIT_REASON_TOOL_ERROR: _ExitReason.ValueType  # 6
     """A function tool failed (e.g. the file does not exist); see message."""
+    EXIT_REASON_MEMORY_LIMIT: _ExitReason.ValueType  # 7
+    """The kernel killed the job at its memory limit."""
+    EXIT_REASON_PIDS_LIMIT: _ExitReason.ValueType  # 8
+    """The job hit its process limit (forks were refused) and did not succeed."""
+    EXIT_REASON_SANDBOX_ERROR: _ExitReason.ValueType  # 9
+    """The sandbox could not set the job up; nothing ran. See message."""
 
 class ExitReason(_ExitReason, metaclass=_ExitReasonEnumTypeWrapper):
     """ExitReason says why a run ended."""
@@ -74,6 +80,12 @@ EXIT_REASON_CANCELLED: ExitReason.ValueType  # 5
 """The caller cancelled the call or went away."""
 EXIT_REASON_TOOL_ERROR: ExitReason.ValueType  # 6
 """A function tool failed (e.g. the file does not exist); see message."""
+EXIT_REASON_MEMORY_LIMIT: ExitReason.ValueType  # 7
+"""The kernel killed the job at its memory limit."""
+EXIT_REASON_PIDS_LIMIT: ExitReason.ValueType  # 8
+"""The job hit its process limit (forks were refused) and did not succeed."""
+EXIT_REASON_SANDBOX_ERROR: ExitReason.ValueType  # 9
+"""The sandbox could not set the job up; nothing ran. See message."""
 Global___ExitReason: _TypeAlias = ExitReason  # noqa: Y015
 
 @_typing.final
@@ -336,6 +348,7 @@ class Plan(_message.Message):
     CWD_FIELD_NUMBER: _builtins.int
     ENV_NAMES_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     tool: _builtins.str
     executable: _builtins.str
@@ -350,6 +363,10 @@ class Plan(_message.Message):
 
     @_builtins.property
     def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox:
+        """The kernel confinement the command runs under."""
+
     def __init__(
         self,
         *,
@@ -360,14 +377,53 @@ class Plan(_message.Message):
         cwd: _builtins.str = ...,
         env_names: _abc.Iterable[_builtins.str] | None = ...,
         limits: Global___Limits | None = ...,
+        sandbox: Global___Sandbox | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "argv", b"argv", "cwd", b"cwd", "env_names", b"env_names", "executable", b"executable", "limits", b"limits", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "argv", b"argv", "cwd", b"cwd", "env_names", b"env_names", "executable", b"executable", "limits", b"limits", "sandbox", b"sandbox", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Plan: _TypeAlias = Plan  # noqa: Y015
+
+@_typing.final
+class Sandbox(_message.Message):
+    """Sandbox says which kernel layers confine a command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILESYSTEM_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    CGROUP_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    RUN_AS_FIELD_NUMBER: _builtins.int
+    filesystem: _builtins.bool
+    """Landlock: reads of system paths only, writes only in the jail and a private /tmp."""
+    namespaces: _builtins.bool
+    """Own pid and mount namespaces: no process outlives the job."""
+    cgroup: _builtins.bool
+    """Per-job cgroup: limits.processes and limits.memory_bytes are enforced."""
+    network: _builtins.bool
+    """Whether the command may use the network."""
+    run_as: _builtins.str
+    """The user the command runs as."""
+    def __init__(
+        self,
+        *,
+        filesystem: _builtins.bool = ...,
+        namespaces: _builtins.bool = ...,
+        cgroup: _builtins.bool = ...,
+        network: _builtins.bool = ...,
+        run_as: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "filesystem", b"filesystem", "namespaces", b"namespaces", "network", b"network", "run_as", b"run_as"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sandbox: _TypeAlias = Sandbox  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
@@ -377,19 +433,41 @@ class Limits(_message.Message):
 
     TIMEOUT_FIELD_NUMBER: _builtins.int
     OUTPUT_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_TIME_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    OPEN_FILES_FIELD_NUMBER: _builtins.int
+    FILE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     output_limit_bytes: _builtins.int
     """Maximum bytes of stdout and stderr together streamed back; past it the run is stopped."""
+    memory_bytes: _builtins.int
+    """Memory of the whole job (0: no bound)."""
+    processes: _builtins.int
+    """Processes and threads of the job at once (0: no bound)."""
+    open_files: _builtins.int
+    """RLIMIT_NOFILE (0: not set)."""
+    file_size_bytes: _builtins.int
+    """RLIMIT_FSIZE (0: not set)."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def cpu_time(self) -> _duration_pb2.Duration:
+        """RLIMIT_CPU; unset when off."""
+
     def __init__(
         self,
         *,
         timeout: _duration_pb2.Duration | None = ...,
         output_limit_bytes: _builtins.int = ...,
+        cpu_time: _duration_pb2.Duration | None = ...,
+        memory_bytes: _builtins.int = ...,
+        processes: _builtins.int = ...,
+        open_files: _builtins.int = ...,
+        file_size_bytes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_limit_bytes", b"output_limit_bytes", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "file_size_bytes", b"file_size_bytes", "memory_bytes", b"memory_bytes", "open_files", b"open_files", "output_limit_bytes", b"output_limit_bytes", "processes", b"processes", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

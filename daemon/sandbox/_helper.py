@@ -1,0 +1,269 @@
+"""The sandbox helper: the only process that creates job processes.
+
+Why a helper: the daemon runs gRPC's threads, so it must never fork with Python code to run
+in the child (gRPC's fork_support.md), and Landlock, no_new_privs and namespaces apply to
+the thread or process that sets them up. The helper is started with a plain exec before the
+gRPC server exists, stays single-threaded, and so may fork freely. Of the ways measured on
+this host (DESIGN.md), it is the only one that can apply every layer at about the cost of a
+plain spawn: a fresh interpreter per call costs 13 ms, exec wrappers have no Landlock.
+
+Per call it hands the job to a waiting init (see ``_init``), already pid 1 of fresh
+namespaces, and makes a replacement after answering. An unprivileged helper first enters a
+user namespace of its own (its uid mapped to itself), which gives it the right to create
+the others.
+
+Protocol (``_wire``), daemon to helper: ``spawn`` (a job spec, with stdin/stdout/stderr) and
+``signal``; helper to daemon: ``ready`` (what this host supports) and ``exited`` per job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import selectors
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from execgate.daemon.sandbox import _cgroups, _landlock, _linux, _wire
+from execgate.daemon.sandbox._init import init_main
+
+POOL_SIZE = 2
+"""Waiting inits per kind of job: enough for a burst to start without namespace creation."""
+
+_NR_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220, "ppc64le": 120, "s390x": 120}
+_pylib = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across clone
+_pylib.syscall.restype = ctypes.c_long
+
+
+def clone(flags: int) -> int:
+    """fork(), but into new namespaces: the child of CLONE_NEWPID is pid 1 of its own.
+
+    Safe only in a single-threaded process, which the helper is; Python's own fork hooks
+    run around it exactly as ``os.fork`` runs them.
+    """
+    number = _NR_CLONE.get(os.uname().machine)
+    if number is None:
+        raise OSError(f"clone: unsupported machine {os.uname().machine}")
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _pylib.syscall(ctypes.c_long(number), ctypes.c_ulong(flags | signal.SIGCHLD),
+                         ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                         ctypes.c_ulong(0))
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    errno = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(errno, f"clone: {os.strerror(errno)}")
+    return int(pid)
+
+
+@dataclass
+class Init:
+    """A job init, waiting for a spec or running one."""
+
+    pid: int
+    sock: socket.socket
+    flags: int
+
+
+@dataclass
+class Job:
+    """A job handed to an init."""
+
+    id: int
+    init: Init
+    cgroups: list[str] = field(default_factory=list)
+
+
+def start_init(flags: int) -> Init:
+    """Clone a new init with ``flags``; it waits for its spec."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = clone(flags)
+    if pid == 0:
+        keep = theirs.fileno()
+        os.closerange(0, keep)
+        os.closerange(keep + 1, 1 << 20)
+        null = os.open("/dev/null", os.O_RDWR)  # takes 0: received fds never land on 0-2
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        init_main(theirs, flags)
+    theirs.close()
+    return Init(pid=pid, sock=ours, flags=flags)
+
+
+def _enter_user_namespace() -> None:
+    uid, gid = os.geteuid(), os.getegid()
+    _linux.unshare(_linux.CLONE_NEWUSER)
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{uid} {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{gid} {gid} 1")
+
+
+def probe(in_userns: bool, userns_error: str | None) -> dict[str, Any]:
+    """What this host supports, each layer with the reason when it does not."""
+    host: dict[str, Any] = {"root": os.geteuid() == 0 and not in_userns,
+                            "landlock_abi": _landlock.abi_version(),
+                            "user_namespace": userns_error}
+    host["landlock"] = None if host["landlock_abi"] >= 1 else (
+        "the kernel has no Landlock (or it is disabled)")
+    flags = _linux.CLONE_NEWPID | _linux.CLONE_NEWNS | _linux.CLONE_NEWNET
+    try:
+        init = start_init(flags)
+        init.sock.close()  # end of stream: the probe init exits 0 after its mounts
+        _, status = os.waitpid(init.pid, 0)
+        host["namespaces"] = None if status == 0 else f"a probe init failed (status {status})"
+    except OSError as exc:
+        host["namespaces"] = f"cannot create pid/mount/network namespaces: {exc}"
+    host["cgroup"] = _cgroups.probe()
+    return host
+
+
+class Helper:
+    """The helper's single-threaded loop."""
+
+    def __init__(self, daemon: socket.socket, host: dict[str, Any]) -> None:
+        self._daemon = daemon
+        self._host = host
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(daemon, selectors.EVENT_READ, None)
+        self._jobs: dict[int, Job] = {}
+        self._pool: dict[int, list[Init]] = {}
+        self._cgroups = _cgroups.JobCgroups(host["cgroup"])
+        # Where a job's private tmpfs goes when its jail lives under /tmp (a tmpfs on /tmp
+        # would hide the jail): an empty directory each job's mount namespace covers.
+        self._tmp_mountpoint = tempfile.mkdtemp(prefix="execgate-tmp-")
+
+    def run(self) -> None:
+        """Serve the daemon until it goes away, then end every job and clean up."""
+        try:
+            while True:
+                timeout = 0.05 if self._cgroups.pending else None
+                for key, _ in self._selector.select(timeout):
+                    if key.data is None:
+                        if not self._from_daemon():
+                            return
+                    else:
+                        self._from_init(key.data)
+                self._cgroups.retry()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        inits = [job.init for job in self._jobs.values()]
+        inits += [init for pool in self._pool.values() for init in pool]
+        for init in inits:  # killing an init ends its whole pid namespace
+            with contextlib.suppress(OSError):
+                os.kill(init.pid, signal.SIGKILL)
+        for init in inits:
+            with contextlib.suppress(OSError):
+                os.waitpid(init.pid, 0)
+        for job_id in list(self._jobs):
+            self._cgroups.remove(job_id)
+        self._cgroups.close()
+        with contextlib.suppress(OSError):
+            os.rmdir(self._tmp_mountpoint)
+
+    def _from_daemon(self) -> bool:
+        message, fds = _wire.receive(self._daemon)
+        if message is None:
+            return False
+        if message["op"] == "spawn":
+            self._spawn(message, fds)
+        elif message["op"] == "signal":
+            job = self._jobs.get(message["job"])
+            if job is not None:  # unreaped, so the pid is still this job's init
+                with contextlib.suppress(OSError):
+                    os.kill(job.init.pid, message["signal"])
+        return True
+
+    def _flags(self, spec: dict[str, Any]) -> int:
+        if not spec["namespaces"]:
+            return 0
+        flags = _linux.CLONE_NEWPID | _linux.CLONE_NEWNS
+        return flags if spec["network"] else flags | _linux.CLONE_NEWNET
+
+    def _private_tmp(self, spec: dict[str, Any]) -> None:
+        """Give the job a private tmpfs, and tell it where (TMPDIR, Landlock)."""
+        spec["tmp_dir"] = None
+        if not (spec["namespaces"] and spec["tmp_size"]):
+            return
+        jail_in_tmp = spec["jail"] == "/tmp" or spec["jail"].startswith("/tmp/")
+        spec["tmp_dir"] = self._tmp_mountpoint if jail_in_tmp else "/tmp"
+        spec["env"]["TMPDIR"] = spec["tmp_dir"]
+        if spec["landlock"]:
+            spec["landlock"]["write"].append(spec["tmp_dir"])
+
+    def _spawn(self, spec: dict[str, Any], fds: list[int]) -> None:
+        job_id = spec["job"]
+        self._private_tmp(spec)
+        try:
+            spec["cgroups"] = self._cgroups.create(job_id, spec["cgroup"])
+            flags = self._flags(spec)
+            pool = self._pool.setdefault(flags, [])
+            init = pool.pop() if pool else start_init(flags)
+            _wire.send(init.sock, spec, fds)
+        except OSError as exc:
+            self._cgroups.remove(job_id)
+            _wire.send(self._daemon, {"op": "exited", "job": job_id,
+                                      "error": f"could not start the job: {exc}"})
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._jobs[job_id] = Job(job_id, init, spec["cgroups"])
+        self._selector.register(init.sock, selectors.EVENT_READ, job_id)
+        while len(pool) < POOL_SIZE:  # off the call's path: it already has its init
+            try:
+                pool.append(start_init(flags))
+            except OSError:
+                break
+
+    def _from_init(self, job_id: int) -> None:
+        job = self._jobs.pop(job_id)
+        try:
+            report, _ = _wire.receive(job.init.sock)
+        except (OSError, ValueError):
+            report = None
+        self._selector.unregister(job.init.sock)
+        job.init.sock.close()
+        _, init_status = os.waitpid(job.init.pid, 0)
+        message: dict[str, Any] = {"op": "exited", "job": job_id,
+                                   **self._cgroups.events(job_id)}
+        if report is None:  # the init was killed (SIGKILL ends the whole job)
+            message.update(status=init_status, rusage=[0, 0, 0])
+        else:
+            message.update(report)
+        self._cgroups.remove(job_id)
+        _wire.send(self._daemon, message)
+
+
+def main() -> None:
+    """Entry point: ``python -m execgate.daemon.sandbox._helper FD DAEMON_PID``."""
+    daemon = socket.socket(fileno=int(sys.argv[1]))
+    _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(sys.argv[2]):
+        return  # the daemon is already gone
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    userns_error, in_userns = None, False
+    if os.geteuid() != 0:
+        try:
+            _enter_user_namespace()
+            in_userns = True
+        except OSError as exc:
+            userns_error = f"cannot create a user namespace: {exc}"
+    host = probe(in_userns, userns_error)
+    _wire.send(daemon, {"op": "ready", "host": host})
+    Helper(daemon, host).run()
+
+
+if __name__ == "__main__":
+    main()
