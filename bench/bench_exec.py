@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_exec.py [--calls 1000]
 
 1. `true` round trip through a real daemon on loopback (warm channel, AsyncClient and
-   Client), against subprocess.run(['/bin/true']) in this process.
+   Client), against subprocess.run(['/bin/true']) in this process; with every default
+   sandbox layer, without the cgroup layer, and with every layer off.
 2. 100 MB of stdout through execgate, against reading the same from a local pipe; the
    daemon's RSS growth is sampled while it streams.
 3. 8 concurrent `sleep 0.5` calls from one client: total wall time.
@@ -35,9 +36,19 @@ tools:
     working_directory: ./workspace
     max_output_bytes: 512MiB
     allowed_commands: ["true", head, sleep]
+  no_cgroup:
+    type: command
+    working_directory: ./workspace
+    allowed_commands: ["true"]
+    sandbox: {cgroup: off}
+  unconfined:
+    type: command
+    working_directory: ./workspace
+    allowed_commands: ["true"]
+    sandbox: {cgroup: off, namespaces: off, filesystem: off, network: true, run_as: root}
 agents:
   bench:
-    tools: [shell]
+    tools: [shell, no_cgroup, unconfined]
 server:
   auth:
     enabled: true
@@ -55,14 +66,19 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50 * 1e3:.3f} ms  p99 {p99 * 1e3:.3f} ms  mean {statistics.mean(s) * 1e3:.3f} ms"
 
 
-async def async_round_trips(target: str, calls: int) -> list[float]:
+async def async_round_trips(target: str, calls: int, tool: str = "shell",
+                            pause: float = 0.0) -> list[float]:
+    """Round trips back to back, or with ``pause`` seconds between calls (a caller that
+    does something with each result, as agents do)."""
     async with AsyncClient(target, token=API_KEY) as c:
         for _ in range(50):
-            await c.run(["true"])
+            await c.run(["true"], tool=tool)
         samples = []
         for _ in range(calls):
+            if pause:
+                await asyncio.sleep(pause)
             t = time.perf_counter()
-            await c.run(["true"])
+            await c.run(["true"], tool=tool)
             samples.append(time.perf_counter() - t)
     return samples
 
@@ -70,11 +86,11 @@ async def async_round_trips(target: str, calls: int) -> list[float]:
 def sync_round_trips(target: str, calls: int) -> list[float]:
     with Client(target, token=API_KEY) as c:
         for _ in range(50):
-            c.run(["true"])
+            c.run(["true"], tool="shell")
         samples = []
         for _ in range(calls):
             t = time.perf_counter()
-            c.run(["true"])
+            c.run(["true"], tool="shell")
             samples.append(time.perf_counter() - t)
     return samples
 
@@ -93,7 +109,7 @@ async def stream_bytes(target: str) -> tuple[float, int]:
     received = 0
     async with AsyncClient(target, token=API_KEY) as c:
         t = time.perf_counter()
-        async for event in c.stream(["head", "-c", str(BYTES), "/dev/zero"]):
+        async for event in c.stream(["head", "-c", str(BYTES), "/dev/zero"], tool="shell"):
             if isinstance(event, OutputChunk):
                 received += len(event.data)
         return time.perf_counter() - t, received
@@ -113,9 +129,10 @@ def local_pipe() -> float:
 
 async def concurrent_sleeps(target: str) -> float:
     async with AsyncClient(target, token=API_KEY) as c:
-        await c.run(["true"])
+        await c.run(["true"], tool="shell")
         t = time.perf_counter()
-        results = await asyncio.gather(*(c.run(["sleep", "0.5"]) for _ in range(8)))
+        results = await asyncio.gather(*(c.run(["sleep", "0.5"], tool="shell")
+                                         for _ in range(8)))
         assert all(r.exit_code == 0 for r in results)
         return time.perf_counter() - t
 
@@ -132,11 +149,21 @@ def main() -> None:
             local = local_true(args.calls)
             print(f"subprocess.run(['/bin/true']) in-process : {percentiles(local)}")
             a = asyncio.run(async_round_trips(daemon.target, args.calls))
-            print(f"execgate `true` (AsyncClient, warm)       : {percentiles(a)}")
+            print(f"execgate `true`, all layers (AsyncClient) : {percentiles(a)}")
             s = sync_round_trips(daemon.target, args.calls)
-            print(f"execgate `true` (Client, warm)            : {percentiles(s)}")
-            ratio = sorted(a)[len(a) // 2] / sorted(local)[len(local) // 2]
-            print(f"ratio p50 execgate(async) / local         : {ratio:.2f}x")
+            print(f"execgate `true`, all layers (Client)      : {percentiles(s)}")
+            n = asyncio.run(async_round_trips(daemon.target, args.calls, "no_cgroup"))
+            print(f"execgate `true`, no cgroup layer          : {percentiles(n)}")
+            u = asyncio.run(async_round_trips(daemon.target, args.calls, "unconfined"))
+            print(f"execgate `true`, every layer off          : {percentiles(u)}")
+            ap = asyncio.run(async_round_trips(daemon.target, args.calls, pause=0.005))
+            print(f"  all layers, 5 ms between calls          : {percentiles(ap)}")
+            up = asyncio.run(async_round_trips(daemon.target, args.calls, "unconfined", 0.005))
+            print(f"  every layer off, 5 ms between calls     : {percentiles(up)}")
+            p50 = {k: sorted(v)[len(v) // 2] for k, v in (("a", a), ("u", u), ("l", local))}
+            print(f"sandbox cost p50 (all layers - none)      : "
+                  f"{(p50['a'] - p50['u']) * 1e3:.3f} ms; all layers / local: "
+                  f"{p50['a'] / p50['l']:.2f}x")
 
             baseline = proc.memory_info().rss
             peak = [baseline]

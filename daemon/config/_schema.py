@@ -64,7 +64,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Layer = Literal["required", "optional", "off"]
+def _layer(value: object) -> object:
+    # YAML reads an unquoted `off` as false: accept what the author meant.
+    if isinstance(value, bool):
+        return "required" if value else "off"
+    return value
+
+
+Layer = Annotated[Literal["required", "optional", "off"], BeforeValidator(_layer)]
 
 DEFAULT_READ_PATHS = (
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
