@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?")
@@ -72,21 +74,6 @@ def _layer(value: object) -> object:
 
 
 Layer = Annotated[Literal["required", "optional", "off"], BeforeValidator(_layer)]
-
-DEFAULT_READ_PATHS = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
-    "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
-    "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/resolv.conf",
-    "/etc/localtime", "/etc/timezone", "/etc/ssl", "/etc/ca-certificates", "/etc/os-release",
-    "/etc/debian_version", "/etc/mime.types", "/etc/gitconfig", "/etc/inputrc",
-    "/etc/terminfo", "/etc/protocols", "/etc/services", "/etc/magic", "/etc/python3",
-    "/etc/python3.11", "/proc", "/dev/zero", "/dev/random", "/dev/urandom",
-    "/sys/devices/system/cpu",
-)
-"""What commands may read and execute besides their jail: the system's programs and
-libraries, and the handful of /etc files they need. Not /etc as a whole (the daemon's own
-configuration and keys live there), not /root, /home, /var or other tools' jails."""
-
 
 class SandboxLimits(_Strict):
     """Resource bounds of one job. ``null`` turns a bound off."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import json
 import os
 import selectors
 import signal
@@ -173,7 +172,6 @@ class Helper:
         self._jobs: dict[int, Job] = {}
         self._pool: dict[int, list[Init]] = {}
         self._cgroups = _cgroups.JobCgroups(host["cgroup"])
-        self._rulesets: dict[str, int] = {}
         self._exiting: list[int] = []
         """Inits that reported and are exiting; reaped when idle, their pids held till then."""
         self._netns = empty_network_namespace() if host["namespaces"] is None else None
@@ -262,18 +260,6 @@ class Helper:
         if spec["landlock"]:
             spec["landlock"]["write"].append(spec["tmp_dir"])
 
-    def _ruleset(self, rules: dict[str, Any] | None) -> int | None:
-        """The Landlock ruleset for ``rules``, built once: opening its paths per job would
-        cost more than the rest of the job's setup."""
-        if rules is None:
-            return None
-        key = json.dumps(rules, sort_keys=True)
-        if key not in self._rulesets:
-            self._rulesets[key] = _landlock.prepare(_landlock.Ruleset(
-                read=tuple(rules["read"]), write=tuple(rules["write"]),
-                deny_tcp=rules["deny_tcp"]), rules["abi"])
-        return self._rulesets[key]
-
     def _spawn(self, spec: dict[str, Any], fds: list[int]) -> None:
         job_id = spec["job"]
         self._private_tmp(spec)
@@ -282,8 +268,7 @@ class Helper:
             flags = self._flags(spec)
             pool = self._pool.setdefault(flags, [])
             init = pool.pop() if pool else start_init(flags, self._netns)
-            ruleset = self._ruleset(spec["landlock"])
-            _wire.send(init.sock, spec, fds + ([ruleset] if ruleset is not None else []))
+            _wire.send(init.sock, spec, fds)
         except OSError as exc:
             self._cgroups.remove(job_id)
             _wire.send(self._daemon, {"op": "exited", "job": job_id,

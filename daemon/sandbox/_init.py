@@ -4,8 +4,9 @@ The helper clones it into fresh pid and mount namespaces (joining the helper's e
 namespace for jobs without network), where it mounts a /proc that shows only the job, then
 waits for a job spec; the helper keeps a few waiting so that a call does not pay for
 namespace creation. Given a job it confines *itself* with everything a child inherits
-(cgroup, private /tmp, cwd, rlimits, user, no_new_privs, Landlock), then starts the command with posix_spawn, which is vfork-fast
-because no Python code has to run in the child. It forwards signals to the command's
+(cgroup, private /tmp, cwd, rlimits, user, no_new_privs, Landlock), then starts the
+command with posix_spawn, which is vfork-fast because no Python code has to run in the
+child. It forwards signals to the command's
 session, reaps every orphan, and reports the command's status. When it exits, the kernel
 kills whatever is left in the namespace: setsid and double forks cannot outlive the job.
 """
@@ -18,9 +19,11 @@ import os
 import resource
 import signal
 import socket
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from execgate.daemon.sandbox import _landlock, _linux, _wire
+from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
@@ -36,11 +39,11 @@ def init_main(sock: socket.socket, flags: int) -> NoReturn:
             _linux.mount("none", "/", None, _linux.MS_REC | _linux.MS_PRIVATE, None)
             _linux.mount("proc", "/proc", "proc",
                          _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC, None)
-        _warm_up()
+        base = _warm_up(flags)
         spec, fds = _wire.receive(sock)  # a pooled init waits here
         if spec is None:
             os._exit(0)
-        report = _run(spec, fds, flags)
+        report = _run(spec, fds, flags, base)
     except BaseException as exc:
         report = {"error": f"{type(exc).__name__}: {exc}"}
     with contextlib.suppress(OSError):
@@ -48,16 +51,45 @@ def init_main(sock: socket.socket, flags: int) -> NoReturn:
     os._exit(0)
 
 
-def _warm_up() -> None:
-    """Run the code a job will run, while waiting for one: this copy of the helper takes its
-    copy-on-write page faults now, off the call's path."""
+@dataclass(frozen=True)
+class _Base:
+    """A Landlock ruleset with the default read paths, made while waiting for a job."""
+
+    fd: int
+    abi: int
+    deny_tcp: bool
+
+
+def _warm_up(flags: int) -> _Base | None:
+    """Do, while waiting for a job, what every job needs: take this copy of the helper's
+    copy-on-write page faults, and open the ~40 default read paths into a Landlock ruleset
+    (it must be built here, after this init's own /proc is mounted)."""
     json.loads(json.dumps({"warm": [1, 2.0, "x", None, True], "up": {}}))
     for sig in FORWARDED:
         signal.getsignal(sig)
     resource.getrlimit(resource.RLIMIT_CORE)
+    abi = _landlock.abi_version()
+    if abi < 1:
+        return None
+    deny_tcp = bool(flags & _linux.CLONE_NEWNET)
+    fd = _landlock.create(abi, deny_tcp)
+    _landlock.allow(fd, DEFAULT_READ_PATHS, _landlock.READ, abi)
+    return _Base(fd, abi, deny_tcp)
 
 
-def _confine(spec: dict[str, Any], flags: int, ruleset: int | None) -> None:
+def _ruleset(rules: dict[str, Any], base: _Base | None) -> int:
+    """The job's ruleset: the waiting base plus the job's own paths when the job uses the
+    default read paths, else one built from scratch."""
+    if (base is not None and rules["read"] == list(DEFAULT_READ_PATHS)
+            and (rules["abi"], rules["deny_tcp"]) == (base.abi, base.deny_tcp)):
+        _landlock.allow(base.fd, rules["write"], _landlock.READ | _landlock.WRITE, base.abi)
+        return base.fd
+    return _landlock.prepare(_landlock.Ruleset(
+        read=tuple(rules["read"]), write=tuple(rules["write"]), deny_tcp=rules["deny_tcp"]),
+        rules["abi"])
+
+
+def _confine(spec: dict[str, Any], flags: int, base: _Base | None) -> None:
     for procs in spec["cgroups"]:
         with open(procs, "w") as f:
             f.write("0")  # this process; the command and its children follow
@@ -65,6 +97,9 @@ def _confine(spec: dict[str, Any], flags: int, ruleset: int | None) -> None:
         _linux.mount("tmpfs", spec["tmp_dir"], "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
                      f"size={spec['tmp_size']},mode=1777")
     os.chdir(spec["cwd"])
+    # Opened now, as the init's own user: the jail may sit below a directory the job's user
+    # cannot traverse.
+    ruleset = _ruleset(spec["landlock"], base) if spec["landlock"] else None
     for name, value in spec["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
     if spec["uid"] is not None:
@@ -76,10 +111,10 @@ def _confine(spec: dict[str, Any], flags: int, ruleset: int | None) -> None:
         _landlock.enforce(ruleset)
 
 
-def _run(spec: dict[str, Any], fds: list[int], flags: int) -> dict[str, Any]:
-    stdin, stdout, stderr = fds[:3]
-    ruleset = fds[3] if len(fds) > 3 else None  # built once by the helper, per tool
-    _confine(spec, flags, ruleset)
+def _run(spec: dict[str, Any], fds: list[int], flags: int, base: _Base | None,
+         ) -> dict[str, Any]:
+    stdin, stdout, stderr = fds
+    _confine(spec, flags, base)
     try:
         pid = os.posix_spawn(
             spec["executable"], spec["argv"], spec["env"],

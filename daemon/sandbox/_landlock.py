@@ -72,26 +72,37 @@ class Ruleset:
 def prepare(rules: Ruleset, abi: int) -> int:
     """A ruleset fd for ``rules``. Call before dropping privileges: the paths are opened
     now, by a process that can still reach them."""
+    ruleset = create(abi, rules.deny_tcp)
+    try:
+        allow(ruleset, rules.read, READ, abi)
+        allow(ruleset, rules.write, READ | WRITE, abi)
+    except BaseException:
+        os.close(ruleset)
+        raise
+    return ruleset
+
+
+def create(abi: int, deny_tcp: bool) -> int:
+    """An empty ruleset handling every right of ``abi``: all is denied until allowed."""
     if abi < 1:
         raise LandlockError("Landlock is not available on this kernel")
     handled_fs = _FS_BY_ABI.get(abi, _FS_BY_ABI[5])
     attr = _RulesetAttr(handled_access_fs=handled_fs,
                         handled_access_net=(NET_BIND_TCP | NET_CONNECT_TCP)
-                        if rules.deny_tcp and abi >= 4 else 0,
+                        if deny_tcp and abi >= 4 else 0,
                         scoped=(SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = _libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                             ctypes.c_uint32(0))
     if ruleset < 0:
         raise LandlockError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    try:
-        for paths, access in ((rules.read, READ), (rules.write, READ | WRITE)):
-            for path in paths:
-                _allow(int(ruleset), path, access & handled_fs)
-    except BaseException:
-        os.close(int(ruleset))
-        raise
     return int(ruleset)
+
+
+def allow(ruleset: int, paths: tuple[str, ...] | list[str], access: int, abi: int) -> None:
+    """Grant ``access`` beneath each of ``paths`` (missing paths are skipped)."""
+    for path in paths:
+        _allow(ruleset, path, access & _FS_BY_ABI.get(abi, _FS_BY_ABI[5]))
 
 
 def enforce(ruleset: int) -> None:

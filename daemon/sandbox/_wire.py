@@ -12,7 +12,7 @@ import socket
 from typing import Any
 
 MAX_MESSAGE = 4 * 1024 * 1024
-MAX_FDS = 5
+MAX_FDS = 4
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:

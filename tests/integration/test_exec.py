@@ -233,8 +233,12 @@ def test_calls_run_in_parallel(daemon: Daemon) -> None:
     assert results == [0] * 8
 
 
-def test_no_zombies_are_left_behind(client: Client, daemon: Daemon) -> None:
-    for _ in range(20):
-        client.run(["sh", "-c", "true & true & wait"], agent="dev")
-    children = psutil.Process(daemon.proc.pid).children(recursive=True)
-    assert [c for c in children if c.status() == psutil.STATUS_ZOMBIE] == []
+def test_500_quick_jobs_leave_no_zombies(client: Client, daemon: Daemon) -> None:
+    """Every process is reaped: the sandbox helper reaps finished inits when idle, so
+    zombies are waited for (bounded), and none may remain."""
+    for _ in range(500):
+        assert client.run(["sh", "-c", "true & true & wait"], agent="dev").exit_code == 0
+    zombies = [c for c in psutil.Process(daemon.proc.pid).children(recursive=True)
+               if c.status() == psutil.STATUS_ZOMBIE]
+    _, still = psutil.wait_procs(zombies, timeout=10)
+    assert still == []
