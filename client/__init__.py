@@ -26,6 +26,7 @@ from execgate.client._models import (
     OutputChunk,
     Plan,
     RunResult,
+    Sandbox,
     Started,
     ToolInfo,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "RPCError",
     "RateLimitedError",
     "RunResult",
+    "Sandbox",
     "Started",
     "ToolInfo",
     "UnavailableError",

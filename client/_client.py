@@ -24,6 +24,7 @@ from execgate.client._models import (
     OutputChunk,
     Plan,
     RunResult,
+    Sandbox,
     Started,
     ToolInfo,
 )
@@ -79,10 +80,17 @@ def to_event(response: exec_pb2.ExecuteResponse) -> Event:
         return OutputChunk(_STREAMS.get(o.stream, "stdout"), o.offset, o.data)
     if kind == "accepted":
         p = response.accepted.plan
+        s, lim = p.sandbox, p.limits
         return Started(response.accepted.run_id, Plan(
             agent=p.agent, tool=p.tool, executable=p.executable, argv=tuple(p.argv), cwd=p.cwd,
-            env_names=tuple(p.env_names), timeout=_seconds(p.limits.timeout),
-            output_limit_bytes=p.limits.output_limit_bytes))
+            env_names=tuple(p.env_names), timeout=_seconds(lim.timeout),
+            output_limit_bytes=lim.output_limit_bytes,
+            sandbox=Sandbox(filesystem=s.filesystem, namespaces=s.namespaces, cgroup=s.cgroup,
+                            network=s.network, run_as=s.run_as)
+            if p.HasField("sandbox") else None,
+            cpu_time=_seconds(lim.cpu_time) if lim.HasField("cpu_time") else None,
+            memory_bytes=lim.memory_bytes, processes=lim.processes, open_files=lim.open_files,
+            file_size_bytes=lim.file_size_bytes))
     if kind == "exit":
         e = response.exit
         return Exited(

@@ -25,9 +25,23 @@ class ExitReason(enum.Enum):
     MEMORY_LIMIT = 7
     """The kernel killed the job at its memory limit."""
     PIDS_LIMIT = 8
-    """The job hit its process limit and did not succeed."""
+    """The job hit its process limit: forks were refused (``exit_code`` says how it ended)."""
     SANDBOX_ERROR = 9
     """The sandbox could not set the job up; nothing ran. See ``message``."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The kernel layers confining a command."""
+
+    filesystem: bool
+    """Landlock: system paths readable, writes only in the jail and a private /tmp."""
+    namespaces: bool
+    """Own pid and mount namespaces: no process outlives the job."""
+    cgroup: bool
+    """Per-job cgroup: ``processes`` and ``memory_bytes`` are enforced."""
+    network: bool
+    run_as: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,15 @@ class Plan:
     env_names: tuple[str, ...]
     timeout: float
     output_limit_bytes: int
+    sandbox: Sandbox | None = None
+    """None for function tools, which run inside the daemon."""
+    cpu_time: float | None = None
+    memory_bytes: int = 0
+    """0: no bound."""
+    processes: int = 0
+    """0: no bound."""
+    open_files: int = 0
+    file_size_bytes: int = 0
 
 
 @dataclass(frozen=True)

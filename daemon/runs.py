@@ -251,7 +251,7 @@ def _reason(status: ExitStatus, stopped: ExitReason | None) -> ExitReason:
         return stopped
     if status.oom_kills:
         return ExitReason.MEMORY_LIMIT
-    if status.pids_max_hits and (stopped is not None or status.signal or status.exit_code):
+    if status.pids_max_hits:  # forks were refused: whatever it printed, the job was cut short
         return ExitReason.PIDS_LIMIT
     if stopped is not None:
         return stopped

@@ -23,10 +23,10 @@ def tool_call(start: exec_pb2.StartCall) -> ToolCall:
 
 def accepted(run_id: str, plan: Plan, layers: Layers | None) -> exec_pb2.ExecuteResponse:
     """The ``accepted`` message: the run id and the exact plan, with its confinement."""
-    limits = exec_pb2.Limits(output_limit_bytes=plan.limits.output_limit_bytes)
+    message = exec_pb2.Plan(agent=plan.agent, tool=plan.tool, executable=plan.executable)
+    limits = message.limits  # a reference: protobuf copies a message passed to a constructor
+    limits.output_limit_bytes = plan.limits.output_limit_bytes
     limits.timeout.FromNanoseconds(round(plan.limits.timeout * 1e9))
-    message = exec_pb2.Plan(agent=plan.agent, tool=plan.tool, executable=plan.executable,
-                            limits=limits)
     if isinstance(plan, CommandPlan):
         message.argv.extend(plan.argv)
         message.cwd = str(plan.cwd)

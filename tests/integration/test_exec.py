@@ -38,6 +38,13 @@ def _survivors(marker: str) -> list[psutil.Process]:
     return [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
+def _when_sleeping(count: int) -> str:
+    """Shell that waits until ``count`` sleeps run in the job (its /proc shows only the
+    job), so the test acts on an event, not on a guess of how long startup takes."""
+    return (f"until [ $(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$') -ge {count} ]; "
+            "do :; done")
+
+
 def _running(marker: str) -> bool:
     return any(p.info["cmdline"] == ["sleep", marker] for p in psutil.process_iter(["cmdline"]))
 
@@ -98,14 +105,17 @@ def test_exit_reports_rusage_and_wall_time(client: Client) -> None:
 
 def test_timeout_stops_the_run_and_everything_it_started(client: Client) -> None:
     marker = _sleeper()
-    result = client.run(["sh", "-c", f"sleep {marker} & wait"], agent="dev", timeout=0.5)
+    result = client.run(["sh", "-c", f"sleep {marker} & {_when_sleeping(1)}; echo up; wait"],
+                        agent="dev", timeout=2)
+    assert result.stdout == b"up\n"
     assert result.reason is ExitReason.TIMEOUT
     assert _survivors(marker) == []
 
 
 def test_setsid_and_double_fork_do_not_outlive_the_job(client: Client) -> None:
     marker = _sleeper()
-    script = f"(setsid sh -c 'sleep {marker} &' &); (sh -c 'sleep {marker} & exit 0' &); echo up"
+    script = (f"(setsid sh -c 'sleep {marker} &' &); (sh -c 'sleep {marker} & exit 0' &); "
+              f"{_when_sleeping(2)}; echo up")
     result = client.run(["sh", "-c", script], agent="dev", timeout=5)
     assert result.stdout == b"up\n"
     assert _survivors(marker) == []
@@ -196,7 +206,8 @@ def test_a_run_is_audited_with_what_ran(client: Client, daemon: Daemon) -> None:
 
 def test_a_caller_going_away_kills_the_whole_job(client: Client) -> None:
     marker = _sleeper()
-    events = client.stream(["sh", "-c", f"setsid sleep {marker} & echo go; wait"], agent="dev")
+    script = f"setsid sleep {marker} & {_when_sleeping(1)}; echo go; wait"
+    events = client.stream(["sh", "-c", script], agent="dev")
     for event in events:
         if isinstance(event, OutputChunk):
             break
@@ -238,7 +249,12 @@ def test_500_quick_jobs_leave_no_zombies(client: Client, daemon: Daemon) -> None
     zombies are waited for (bounded), and none may remain."""
     for _ in range(500):
         assert client.run(["sh", "-c", "true & true & wait"], agent="dev").exit_code == 0
-    zombies = [c for c in psutil.Process(daemon.proc.pid).children(recursive=True)
-               if c.status() == psutil.STATUS_ZOMBIE]
+    zombies = []
+    for child in psutil.Process(daemon.proc.pid).children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append(child)
+        except psutil.NoSuchProcess:
+            pass  # reaped while we looked
     _, still = psutil.wait_procs(zombies, timeout=10)
     assert still == []

@@ -60,7 +60,7 @@ class _ExitReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitReason
     EXIT_REASON_MEMORY_LIMIT: _ExitReason.ValueType  # 7
     """The kernel killed the job at its memory limit."""
     EXIT_REASON_PIDS_LIMIT: _ExitReason.ValueType  # 8
-    """The job hit its process limit (forks were refused) and did not succeed."""
+    """The job hit its process limit: forks were refused (see exit_code for how it ended)."""
     EXIT_REASON_SANDBOX_ERROR: _ExitReason.ValueType  # 9
     """The sandbox could not set the job up; nothing ran. See message."""
 
@@ -83,7 +83,7 @@ EXIT_REASON_TOOL_ERROR: ExitReason.ValueType  # 6
 EXIT_REASON_MEMORY_LIMIT: ExitReason.ValueType  # 7
 """The kernel killed the job at its memory limit."""
 EXIT_REASON_PIDS_LIMIT: ExitReason.ValueType  # 8
-"""The job hit its process limit (forks were refused) and did not succeed."""
+"""The job hit its process limit: forks were refused (see exit_code for how it ended)."""
 EXIT_REASON_SANDBOX_ERROR: ExitReason.ValueType  # 9
 """The sandbox could not set the job up; nothing ran. See message."""
 Global___ExitReason: _TypeAlias = ExitReason  # noqa: Y015
