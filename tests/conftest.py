@@ -18,8 +18,21 @@ from execgate.client import Client
 
 API_KEY = "test-key-0123456789"
 
+
+def _doctor() -> str:
+    """What ``execgated doctor`` says of this host (and this user)."""
+    return subprocess.run([sys.executable, "-m", "execgate.daemon.cli", "doctor"],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+DOCTOR = _doctor()
+HAS_CGROUP = "ok    cgroup" in DOCTOR
+"""Whether job cgroups are available; not to an unprivileged user on cgroup v1."""
+
 TEST_POLICY = """\
 version: "2"
+sandbox:
+  cgroup: ${CGROUP:-required}
 tools:
   shell:
     type: command
@@ -132,7 +145,7 @@ def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, st
         (root / "policy.yaml").write_text(policy)
         args += ["--config", str(root / "policy.yaml")]
     full_env = {**os.environ, "TEST_API_KEY": API_KEY, "XDG_STATE_HOME": str(root / "state"),
-                **(env or {})}
+                "CGROUP": "required" if HAS_CGROUP else "optional", **(env or {})}
     proc = subprocess.Popen(args, cwd=root, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None

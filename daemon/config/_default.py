@@ -7,6 +7,10 @@ it into ``EXECGATE_LOCAL_TOKEN``) so that other users of the machine cannot call
 
 DEFAULT_POLICY = """\
 version: "2"
+sandbox:
+  # Job cgroups need root (or a delegated subtree); on a developer's machine the job is
+  # still bounded by its pid namespace, rlimits and Landlock. `execgated doctor` tells.
+  cgroup: optional
 tools:
   execute_command:
     type: command

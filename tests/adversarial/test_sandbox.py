@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from execgate.client import Client, ExitReason, RPCError
-from tests.conftest import Daemon, start_daemon, writable_by_commands
+from tests.conftest import DOCTOR, HAS_CGROUP, Daemon, start_daemon, writable_by_commands
 
 ROOT = os.geteuid() == 0
 
@@ -51,21 +49,10 @@ logger: {level: info, format: json}
 """
 
 
-def _doctor() -> str:
-    result = subprocess.run([sys.executable, "-m", "execgate.daemon.cli", "doctor"],
-                            capture_output=True, text=True, timeout=60)
-    return result.stdout
-
-
-DOCTOR = _doctor()
-HAS_CGROUP = "ok    cgroup" in DOCTOR
-
-
 @pytest.fixture(scope="module")
 def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("sandboxed")
-    d = start_daemon(root, POLICY, env={"DAEMON_SECRET": "hunter2-daemon-secret",
-                                        "CGROUP": "required" if HAS_CGROUP else "optional"})
+    d = start_daemon(root, POLICY, env={"DAEMON_SECRET": "hunter2-daemon-secret"})
     yield d
     d.stop()
 
