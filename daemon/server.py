@@ -79,7 +79,8 @@ def check_jails(policy: Policy, create: bool) -> None:
     """Every tool's working directory must exist (the embedded default creates its own)."""
     for tool, jail in policy.jails.items():
         if create:
-            jail.mkdir(mode=0o750, parents=True, exist_ok=True)
+            # Readable by the run_as user, as a directory made by hand would be.
+            jail.mkdir(mode=0o755, parents=True, exist_ok=True)
         if not jail.is_dir():
             raise StartupError(f"tools.{tool}.working_directory: {jail} does not exist; "
                                "create it, or point the tool at an existing directory")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from execgate.client import Client, ExitReason, RPCError
+from execgate.client import Client, ExitReason, RPCError, RunResult
 from tests.conftest import DOCTOR, HAS_CGROUP, Daemon, start_daemon, writable_by_commands
 
 ROOT = os.geteuid() == 0
@@ -130,25 +130,25 @@ def test_the_daemon_cannot_be_signalled(c: Client, sandboxed: Daemon) -> None:
     assert sandboxed.proc.poll() is None
 
 
-def test_connect_to_a_local_port_fails_without_network(c: Client) -> None:
+def _connect_from(c: Client, tool: str) -> RunResult:
+    """A job of ``tool`` connects to a port this test listens on, on 127.0.0.1."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        r = c.run(["python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', "
-                                    f"{port}), timeout=3)"], agent="dev", tool="shell")
+        return c.run(["python3", "-c", "import socket; socket.create_connection("
+                                       f"('127.0.0.1', {port}), timeout=3)"],
+                     agent="dev", tool=tool)
+
+
+def test_connect_to_a_local_port_fails_without_network(c: Client) -> None:
+    r = _connect_from(c, "shell")
     assert r.exit_code != 0
     assert b"Error" in r.stderr
 
 
 def test_a_tool_with_network_can_connect(c: Client) -> None:
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        r = c.run(["python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', "
-                                    f"{port}), timeout=3)"], agent="dev", tool="networked")
-    assert r.exit_code == 0
+    assert _connect_from(c, "networked").exit_code == 0
 
 
 def test_no_new_privs_and_the_limits_are_in_force(c: Client) -> None:
