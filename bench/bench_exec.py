@@ -8,6 +8,7 @@
 2. 100 MB of stdout through execgate, against reading the same from a local pipe; the
    daemon's RSS growth is sampled while it streams.
 3. 8 concurrent `sleep 0.5` calls from one client: total wall time.
+4. 50 concurrent sandboxed jobs: all succeed; the daemon's RSS and open fds before and after.
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ async def concurrent_sleeps(target: str) -> float:
         return time.perf_counter() - t
 
 
+async def fifty_concurrent(target: str) -> int:
+    async with AsyncClient(target, token=API_KEY) as c:
+        results = await asyncio.gather(*(c.run(["sleep", "0.2"], tool="shell")
+                                         for _ in range(50)))
+        return sum(r.exit_code == 0 for r in results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=1000)
@@ -187,6 +195,13 @@ def main() -> None:
                   f"({pipe:.3f} s)")
             print(f"8 concurrent `sleep 0.5`                  : "
                   f"{asyncio.run(concurrent_sleeps(daemon.target)):.3f} s")
+            before = (proc.memory_info().rss, proc.num_fds())
+            ok = asyncio.run(fifty_concurrent(daemon.target))
+            time.sleep(0.5)  # a benchmark may wait; the helper reaps idle inits lazily
+            after = (proc.memory_info().rss, proc.num_fds())
+            print(f"50 concurrent sandboxed `sleep 0.2`       : {ok}/50 succeeded; daemon RSS "
+                  f"{before[0] / 2**20:.1f} -> {after[0] / 2**20:.1f} MiB, fds {before[1]} -> "
+                  f"{after[1]}")
         finally:
             daemon.stop()
 

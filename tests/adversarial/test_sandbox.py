@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -227,3 +229,15 @@ def test_a_required_layer_the_host_lacks_refuses_the_call(tmp_path: Path) -> Non
 def test_doctor_reports_each_layer() -> None:
     for layer in ("filesystem (Landlock ABI", "namespaces", "cgroup"):
         assert layer in DOCTOR
+
+
+def test_doctor_fails_when_the_policy_requires_a_missing_layer(tmp_path: Path) -> None:
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "p.yaml").write_text("sandbox: {cgroup: required}\ntools:\n"
+                                     "  sh: {type: command, allowed_commands: [ls]}\n")
+    result = subprocess.run([sys.executable, "-m", "execgate.daemon.cli", "doctor", "--config",
+                             str(tmp_path / "p.yaml")], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == (0 if HAS_CGROUP else 1)
+    if not HAS_CGROUP:
+        assert "every call to sh will be refused" in result.stdout
