@@ -5,11 +5,14 @@
 - private: never listed and never callable over the network.
 
 An unknown agent and a hidden one get the same answer, so discovery never leaks a name.
+Beyond the guide, an agent's ``allow`` rules name who may use it, so that several teams'
+agents can share one daemon: a caller who can see the agent but matches no rule gets
+PERMISSION_DENIED.
 """
 
 from __future__ import annotations
 
-from execgate.daemon.config import AgentConfig, PolicyConfig
+from execgate.daemon.config import AccessRule, AgentConfig, PolicyConfig
 from execgate.daemon.model import Denial, DenialKind, Principal
 
 
@@ -36,4 +39,25 @@ class Access:
                          f"({', '.join(visible) or 'none'})")
         if name not in visible:
             raise Denial(DenialKind.AGENT_NOT_FOUND, f"no agent named {name!r}")
-        return name, visible[name]
+        agent = visible[name]
+        if agent.allow is not None and not any(_matches(r, principal) for r in agent.allow):
+            raise Denial(DenialKind.PERMISSION_DENIED,
+                         f"{principal.subject!r} may not use agent {name!r}",
+                         f"agents.{name}.allow")
+        return name, agent
+
+
+def _matches(rule: AccessRule, principal: Principal) -> bool:
+    if not principal.authenticated:
+        return False
+    if rule.subject is not None and rule.subject != principal.subject:
+        return False
+    return all(_claim_has(principal.claims.get(k), v) for k, v in (rule.claim or {}).items())
+
+
+def _claim_has(claim: object, value: str) -> bool:
+    if isinstance(claim, list):
+        return value in claim
+    if isinstance(claim, str):
+        return claim == value or value in claim.split(" ")
+    return False

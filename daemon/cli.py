@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from execgate.client._local import write_local_token
+from execgate.daemon.auth import digest
 from execgate.daemon.config import (
     DEFAULT_POLICY,
     ConfigError,
@@ -87,7 +88,7 @@ def _load(config_path: Path | None, token: str) -> LoadedPolicy:
 
 def _doctor(config_path: Path | None) -> int:
     """Print the sandbox layers this host supports; exit 1 when the policy needs a missing one."""
-    loaded = _load(config_path, token="")  # doctor serves nothing: no token needed
+    loaded = _load(config_path, token=secrets.token_urlsafe(8))  # doctor serves nothing
     policy = make_policy(loaded.config, Path.cwd())
     spawner = Spawner.start()
     try:
@@ -108,10 +109,33 @@ def _doctor(config_path: Path | None) -> int:
     return 1 if any(level == "error" for level, _ in report) else 0
 
 
-def _serve(config_path: Path | None, listen: list[str]) -> int:
+def _auth_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The guide's flags as changes to server.auth: the three JWT flags together, or a warning
+    and JWT stays off (exactly as the guide says)."""
+    changes: dict[str, object] = {}
+    jwt = {"jwks_url": args.auth_jwks_url, "issuer": args.auth_issuer,
+           "audience": args.auth_audience}
+    given = {k: v for k, v in jwt.items() if v}
+    if given and len(given) < 3:
+        print("execgated: warning: --auth-jwks-url, --auth-issuer and --auth-audience go "
+              "together; JWT authentication stays off", file=sys.stderr)
+    elif given:
+        changes.update(enabled=True, **given)
+    if args.no_auth_required:
+        changes["require_auth"] = False
+    return changes
+
+
+def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object]) -> int:
     # The embedded default gets a fresh local token so that only this user can call it.
     token = secrets.token_urlsafe(32) if config_path is None else None
     loaded = _load(config_path, token or "")
+    if auth:
+        server = loaded.config.server
+        loaded = LoadedPolicy(
+            config=loaded.config.model_copy(update={"server": server.model_copy(update={
+                "auth": server.auth.model_copy(update=auth)})}),
+            source=loaded.source, warnings=loaded.warnings)
     configure_logging(loaded.config.logger)
     log = structlog.get_logger()
     security, other = unenforced(loaded.config)
@@ -149,6 +173,17 @@ def main(argv: list[str] | None = None) -> int:
                            help="HOST:PORT or unix:PATH; repeatable; overrides the policy")
     check_cmd = commands.add_parser("check-config", help="validate a policy file")
     check_cmd.add_argument("file", type=Path)
+    for cmd in (serve_cmd,):
+        auth = cmd.add_argument_group("authentication (the guide's flags; they override the "
+                                      "policy's server.auth)")
+        auth.add_argument("--auth-jwks-url", help="JWKS of the identity provider")
+        auth.add_argument("--auth-issuer", help="expected iss, exactly")
+        auth.add_argument("--auth-audience", help="expected aud")
+        auth.add_argument("--no-auth-required", action="store_true",
+                          help="admit calls without credentials (bad credentials still fail)")
+    hash_cmd = commands.add_parser("hash-key", help="print the sha256 of an API key read from "
+                                   "stdin, for api_keys: [{name: ..., sha256: ...}]")
+    hash_cmd.set_defaults(command="hash-key")
     doctor_cmd = commands.add_parser("doctor", help="which sandbox layers this host supports")
     doctor_cmd.add_argument("--config", type=Path,
                             help="policy whose required layers to check (default: embedded)")
@@ -158,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(args.file)
         if args.command == "doctor":
             return _doctor(args.config)
-        return _serve(args.config, args.listen)
+        if args.command == "hash-key":
+            key = sys.stdin.readline().rstrip("\n")
+            if not key:
+                print("execgated: give the key on stdin", file=sys.stderr)
+                return EXIT_CONFIG
+            print(digest(key).hex())
+            return 0
+        return _serve(args.config, args.listen, _auth_flags(args))
     except ConfigError as exc:
         print(f"execgated: {exc.source}:", file=sys.stderr)
         for problem in exc.problems:

@@ -6,8 +6,10 @@ gRPC messages stop at the service layer; below it every step speaks these small 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +19,9 @@ class Principal:
     subject: str
     """Stable name of the caller, e.g. an API key's name or a token's ``sub``."""
     method: str
-    """How the caller was authenticated: ``api_key``, ``local_token`` or ``anonymous``."""
+    """How the caller was authenticated: ``api_key``, ``jwt`` or ``anonymous``."""
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """A JWT's verified claims (roles, scopes ...); empty for other credentials."""
 
     @property
     def authenticated(self) -> bool:
@@ -135,6 +139,7 @@ class DenialKind(enum.Enum):
     AGENT_NOT_FOUND = "agent_not_found"
     TOOL_NOT_FOUND = "tool_not_found"
     POLICY_DENIED = "policy_denied"
+    PERMISSION_DENIED = "permission_denied"
     COMMAND_NOT_FOUND = "command_not_found"
     UNAUTHENTICATED = "unauthenticated"
     RESOURCE_EXHAUSTED = "resource_exhausted"

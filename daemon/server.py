@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from execgate.daemon.access import Access
 from execgate.daemon.audit import Audit
-from execgate.daemon.auth import Authenticator
+from execgate.daemon.auth import Authenticator, JwksCache, JwtVerifier, check_jwks_url
 from execgate.daemon.config import PolicyConfig
 from execgate.daemon.limits import RunSlots
 from execgate.daemon.model import Denial
@@ -89,8 +89,10 @@ def check_jails(policy: Policy, create: bool) -> None:
 def make_policy(config: PolicyConfig, base: Path) -> Policy:
     """The policy, with every tool's sandbox resolved (run_as users exist, and so on)."""
     try:
+        if config.server.auth.jwt:
+            check_jwks_url(config.server.auth.jwks_url or "")
         return Policy(config, base)
-    except ConfinementError as exc:
+    except (ConfinementError, ValueError) as exc:
         raise StartupError(str(exc)) from None
 
 
@@ -126,10 +128,19 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
         getattr(log, level)("sandbox", detail=message)
     audit = Audit()
     access = Access(config)
+    jwks = None
+    if config.server.auth.jwt:
+        assert config.server.auth.jwks_url
+        jwks = JwksCache(config.server.auth.jwks_url, config.server.auth.refresh_interval,
+                         config.server.auth.jwks_cooldown)
+        await jwks.refresh()  # before serving: no window in which every token fails
+        jwks.start()
+    authenticator = Authenticator(config.server.auth,
+                                  JwtVerifier(config.server.auth, jwks) if jwks else None)
     exec_service = ExecService(access, policy, RunSlots(config.server.max_concurrent_runs),
                                spawner, audit)
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(Authenticator(config.server.auth), audit)],
+        interceptors=[AuthInterceptor(authenticator, audit)],
         options=[("grpc.so_reuseport", 0),  # two daemons must not share a port silently
                  ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
@@ -167,3 +178,5 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
     exec_service.cancel_all()
     await server.stop(SHUTDOWN_GRACE)
     spawner.close()
+    if jwks is not None:
+        jwks.stop()

@@ -11,6 +11,7 @@ from execgate.daemon.config._load import (
 )
 from execgate.daemon.config._schema import (
     FUNCTION_HANDLERS,
+    AccessRule,
     AgentConfig,
     ApiKey,
     AuthConfig,
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_TARGET",
     "FUNCTION_HANDLERS",
+    "AccessRule",
     "AgentConfig",
     "ApiKey",
     "AuthConfig",

@@ -140,10 +140,18 @@ def _warnings(raw: dict[str, Any], config: PolicyConfig) -> list[str]:
     return out
 
 
+_BRANCH = re.compile(r"^(str|int|float|bool|list\[.*\]|dict\[.*\]|function-\w+\[.*\])$")
+
+
 def _validation_problems(err: ValidationError) -> list[str]:
     problems = []
-    for e in err.errors():
-        loc = _dotted(tuple(e["loc"]))
+    errors = err.errors()
+    paths = [tuple(p for p in e["loc"] if not _BRANCH.match(str(p))) for e in errors]
+    for e, path in zip(errors, paths, strict=True):
+        # A value that may be one of several types fails once per type; keep the telling one.
+        if paths.count(path) > 1 and e["type"] in ("string_type", "model_type", "dict_type"):
+            continue
+        loc = _dotted(path)
         if e["type"] == "extra_forbidden":
             problems.append(f"{loc}: unknown key")
         else:
@@ -193,10 +201,9 @@ def unenforced(config: PolicyConfig) -> tuple[list[str], list[str]]:
     ``serve`` refuses to start with any of the first kind enabled: a daemon that believes it
     has a protection it does not have is the worst outcome.
     """
-    security, other = [], []
+    security: list[str] = []
+    other: list[str] = []
     auth = config.server.auth
-    if auth.enabled and auth.jwks_url:
-        security.append("server.auth.jwks_url: JWT authentication is not enforced yet")
     if config.server.rate_limiting.enabled:
         security.append("server.rate_limiting: rate limiting is not enforced yet")
     for name, tool in config.tools.items():

@@ -182,11 +182,30 @@ class ToolConfig(_Strict):
     """This tool's changes to the policy-wide sandbox (command tools)."""
 
 
+class AccessRule(_Strict):
+    """Who may use an agent: a rule matches when every key it gives matches."""
+
+    subject: str | None = None
+    """A principal's subject: an API key's name, or a JWT's sub."""
+    claim: dict[str, str] | None = None
+    """JWT claims: a list claim must contain the value, a space-separated one (``scope``)
+    must contain it as a word, any other must equal it."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> AccessRule:
+        if self.subject is None and not self.claim:
+            raise ValueError("an access rule needs subject or claim")
+        return self
+
+
 class AgentConfig(_Strict):
     """An agent: who sees it, and which tools it may call."""
 
     visibility: Literal["public", "internal", "private"] = "public"
     tools: list[str] = Field(default_factory=list)
+    allow: list[AccessRule] | None = None
+    """Beyond the guide: only principals matching one of these rules may use the agent
+    (PERMISSION_DENIED otherwise). Unset: anyone visibility admits."""
     description: str = ""
     # Meaningful only to an LLM platform: accepted, warned about, never used.
     llm: Any = None
@@ -195,10 +214,24 @@ class AgentConfig(_Strict):
 
 
 class ApiKey(_Strict):
-    """A named API key, so that the audit log can name the caller without the key."""
+    """A named API key, so that the audit log can name the caller without the key.
+
+    Give ``key`` (usually ``${VAR}``) or ``sha256`` (its digest, from
+    ``execgated hash-key``), so that the key itself is nowhere on the host."""
 
     name: str
-    key: str
+    key: str | None = None
+    sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of_key_or_digest(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError(f"api key {self.name!r}: give exactly one of key and sha256")
+        if self.key is not None and not self.key:
+            raise ValueError(f"api key {self.name!r} is empty")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError(f"api key {self.name!r}: sha256 must be 64 lowercase hex digits")
+        return self
 
 
 class AuthConfig(_Strict):
@@ -211,7 +244,23 @@ class AuthConfig(_Strict):
     require_auth: bool = True
     excluded_paths: list[str] = Field(default_factory=list)
     refresh_interval: Duration = 900.0
+    """How often the JWKS is fetched again."""
+    jwks_cooldown: Duration = 30.0
+    """At most one extra JWKS fetch per this long, for tokens with an unknown kid."""
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    """Accepted JWT algorithms: asymmetric only."""
+    leeway: Duration = 30.0
+    """Clock skew allowed on exp and nbf."""
     api_keys: list[str | ApiKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _asymmetric_only(self) -> AuthConfig:
+        allowed = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                   "ES512", "EdDSA"}
+        if bad := [a for a in self.algorithms if a not in allowed]:
+            raise ValueError(f"algorithms: {', '.join(bad)} not accepted; only asymmetric "
+                             f"ones ({', '.join(sorted(allowed))})")
+        return self
 
     @model_validator(mode="after")
     def _jwt_needs_all_three(self) -> AuthConfig:
@@ -228,6 +277,11 @@ class AuthConfig(_Strict):
         """Every API key with a name; plain keys are named ``api_key[N]`` by position."""
         return [k if isinstance(k, ApiKey) else ApiKey(name=f"api_key[{i}]", key=k)
                 for i, k in enumerate(self.api_keys)]
+
+    @property
+    def jwt(self) -> bool:
+        """Whether JWT authentication is configured."""
+        return self.enabled and bool(self.jwks_url)
 
 
 class RateLimitConfig(_Strict):

@@ -18,6 +18,7 @@ STATUS = {
     DenialKind.AGENT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     DenialKind.TOOL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     DenialKind.POLICY_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    DenialKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     DenialKind.COMMAND_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     DenialKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     DenialKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,

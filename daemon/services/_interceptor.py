@@ -32,7 +32,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         try:
-            principal = self._auth.authenticate(details.method, details.invocation_metadata)
+            principal = await self._auth.authenticate(details.method,
+                                                      details.invocation_metadata)
         except Denial as denial:
             self._audit.unauthenticated(details.method, "", denial)
             return _refusing(handler, denial)

@@ -17,65 +17,66 @@ def authenticator(**kwargs: object) -> Authenticator:
     return Authenticator(AuthConfig.model_validate(config))
 
 
-def refused(auth: Authenticator, metadata: list[tuple[str, str | bytes]],
-            method: str = EXEC) -> str:
+async def refused(auth: Authenticator, metadata: list[tuple[str, str | bytes]],
+                  method: str = EXEC) -> str:
     with pytest.raises(Denial) as info:
-        auth.authenticate(method, metadata)
+        await auth.authenticate(method, metadata)
     assert info.value.kind is DenialKind.UNAUTHENTICATED
     return info.value.message
 
 
-def test_a_named_key_authenticates_as_its_name() -> None:
-    principal = authenticator().authenticate(EXEC, [("authorization", f"Bearer {KEY}")])
+async def test_a_named_key_authenticates_as_its_name() -> None:
+    principal = await authenticator().authenticate(EXEC, [("authorization", f"Bearer {KEY}")])
     assert (principal.subject, principal.method) == ("ci", "api_key")
 
 
-def test_a_plain_key_is_named_by_position() -> None:
-    principal = authenticator().authenticate(EXEC, [("authorization", "Bearer plain-key")])
+async def test_a_plain_key_is_named_by_position() -> None:
+    principal = await authenticator().authenticate(EXEC, [("authorization", "Bearer plain-key")])
     assert principal.subject == "api_key[1]"
 
 
-def test_the_bearer_scheme_is_case_insensitive() -> None:
-    assert authenticator().authenticate(EXEC, [("authorization", f"bearer {KEY}")]).subject == "ci"
+async def test_the_bearer_scheme_is_case_insensitive() -> None:
+    principal = await authenticator().authenticate(EXEC, [("authorization", f"bearer {KEY}")])
+    assert principal.subject == "ci"
 
 
 @pytest.mark.parametrize("value", [f"Bearer {KEY} ", f"Bearer {KEY[:-1]}x", f"Bearer {KEY}\u00e9",
                                    f"Bearer  {KEY}", "Bearer ", f"Basic {KEY}", KEY])
-def test_near_misses_are_refused(value: str) -> None:
-    refused(authenticator(), [("authorization", value)])
+async def test_near_misses_are_refused(value: str) -> None:
+    await refused(authenticator(), [("authorization", value)])
 
 
-def test_a_megabyte_header_is_refused_before_any_work() -> None:
-    assert refused(authenticator(), [("authorization", "Bearer " + "a" * 1_000_000)]) == (
+async def test_a_megabyte_header_is_refused_before_any_work() -> None:
+    assert await refused(authenticator(), [("authorization", "Bearer " + "a" * 1_000_000)]) == (
         "malformed authorization header")
 
 
-def test_two_authorization_headers_are_refused() -> None:
-    refused(authenticator(), [("authorization", f"Bearer {KEY}"),
+async def test_two_authorization_headers_are_refused() -> None:
+    await refused(authenticator(), [("authorization", f"Bearer {KEY}"),
                               ("authorization", "Bearer plain-key")])
 
 
-def test_missing_credentials_are_refused_when_required() -> None:
-    assert "no credentials" in refused(authenticator(), [])
+async def test_missing_credentials_are_refused_when_required() -> None:
+    assert "no credentials" in await refused(authenticator(), [])
 
 
-def test_other_metadata_cannot_claim_an_identity() -> None:
+async def test_other_metadata_cannot_claim_an_identity() -> None:
     metadata = [("x-subject", "ci"), ("x-user", "admin"), ("principal", "ci")]
-    assert "no credentials" in refused(authenticator(), metadata)
+    assert "no credentials" in await refused(authenticator(), metadata)
 
 
-def test_excluded_paths_need_no_credentials() -> None:
+async def test_excluded_paths_need_no_credentials() -> None:
     auth = authenticator(excluded_paths=["/health"])
-    assert auth.authenticate("/grpc.health.v1.Health/Check", []) is ANONYMOUS
-    refused(auth, [])
+    assert await auth.authenticate("/grpc.health.v1.Health/Check", []) is ANONYMOUS
+    await refused(auth, [])
 
 
-def test_optional_auth_admits_anonymous_callers_but_not_bad_credentials() -> None:
+async def test_optional_auth_admits_anonymous_callers_but_not_bad_credentials() -> None:
     auth = authenticator(require_auth=False)
-    assert auth.authenticate(EXEC, []) is ANONYMOUS
-    refused(auth, [("authorization", "Bearer wrong")])
+    assert await auth.authenticate(EXEC, []) is ANONYMOUS
+    await refused(auth, [("authorization", "Bearer wrong")])
 
 
-def test_disabled_auth_makes_everyone_anonymous() -> None:
+async def test_disabled_auth_makes_everyone_anonymous() -> None:
     auth = Authenticator(AuthConfig())
-    assert auth.authenticate(EXEC, [("authorization", f"Bearer {KEY}")]) is ANONYMOUS
+    assert await auth.authenticate(EXEC, [("authorization", f"Bearer {KEY}")]) is ANONYMOUS

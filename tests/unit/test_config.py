@@ -40,7 +40,7 @@ def test_production_example_loads_with_warnings(monkeypatch: pytest.MonkeyPatch)
 
 def test_production_example_reports_what_is_not_enforced_yet() -> None:
     security, other = unenforced(load_policy(PRODUCTION).config)
-    assert any("jwks_url" in s for s in security)
+    assert not any("jwks_url" in s for s in security)  # JWT is enforced
     assert any("rate_limiting" in s for s in security)
     assert any("execute_command.require_approval" in s for s in security)
     assert any("tracing" in s for s in other)
@@ -134,7 +134,7 @@ def _execgated(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
 def test_check_config_accepts_the_production_example() -> None:
     result = _execgated("check-config", str(PRODUCTION))
     assert result.returncode == 0
-    assert "not enforced (serve refuses to start): server.auth.jwks_url" in result.stdout
+    assert "not enforced (serve refuses to start): server.rate_limiting" in result.stdout
 
 
 def test_check_config_exits_2_listing_every_problem(tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_serve_refuses_security_settings_it_does_not_enforce(tmp_path: Path) -> 
     result = _execgated("serve", "--config", str(PRODUCTION), "--listen", "127.0.0.1:0",
                         cwd=tmp_path)
     assert result.returncode == 2
-    assert "refusing to start: server.auth.jwks_url" in result.stderr
+    assert "refusing to start: server.rate_limiting" in result.stderr
     assert "tools.execute_command.require_approval" in result.stderr
 
 

@@ -1,19 +1,18 @@
 """Identity: the credential on a call, and nothing else, becomes its Principal.
 
-This release verifies bearer API keys (``server.auth.api_keys``, and the local token of the
-embedded default). Keys are compared in constant time on their SHA-256 digests, every key
-every time, so neither timing nor length says how close a guess was. A credential that is
-present but wrong is refused even where none is required: a bad credential never quietly
-becomes an anonymous call.
+A bearer value is tried as an API key (constant time), then, when JWT is configured and it
+has a JWT's shape, as a JWT. A credential that is present but wrong is refused even where
+none is required: a bad credential never quietly becomes an anonymous call. No request
+field or other metadata can set or change the identity.
 """
 
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import hmac
 from collections.abc import Sequence
 
+from execgate.daemon.auth._jwt import JwtVerifier, TokenError
+from execgate.daemon.auth._keys import ApiKeys
 from execgate.daemon.config import AuthConfig
 from execgate.daemon.model import ANONYMOUS, Denial, DenialKind, Principal
 
@@ -40,18 +39,18 @@ def _unauthenticated(reason: str) -> Denial:
 class Authenticator:
     """Turns a call's metadata into a Principal, or refuses it."""
 
-    def __init__(self, auth: AuthConfig) -> None:
+    def __init__(self, auth: AuthConfig, jwt_verifier: JwtVerifier | None = None) -> None:
         self._enabled = auth.enabled
         self._require = auth.require_auth
         self._excluded = tuple(PATH_ALIASES.get(p, p) for p in auth.excluded_paths)
-        self._keys = [(k.name, hashlib.sha256(k.key.encode()).digest())
-                      for k in auth.named_api_keys()]
+        self._keys = ApiKeys(auth)
+        self._jwt = jwt_verifier
 
     def _is_excluded(self, method: str) -> bool:
         return any(method == p or (p.endswith("/") and method.startswith(p))
                    for p in self._excluded)
 
-    def authenticate(self, method: str, metadata: Metadata) -> Principal:
+    async def authenticate(self, method: str, metadata: Metadata) -> Principal:
         """The Principal for a call to ``method``; raises Denial(UNAUTHENTICATED)."""
         if not self._enabled:
             return ANONYMOUS
@@ -70,11 +69,16 @@ class Authenticator:
             raise _unauthenticated("authorization must be 'Bearer <token>'")
         if not token.isascii() or not token.isprintable():
             raise _unauthenticated("invalid credentials")
-        digest = hashlib.sha256(token.encode()).digest()
-        matched = None
-        for name, key in self._keys:  # no early exit: every key is compared every time
-            if hmac.compare_digest(digest, key):
-                matched = name
-        if matched is None:
-            raise _unauthenticated("invalid credentials")
-        return Principal(subject=matched, method="api_key")
+        name = self._keys.match(token)
+        if name is not None:
+            return Principal(subject=name, method="api_key")
+        if self._jwt is not None and token.count(".") == 2:
+            try:
+                claims = await self._jwt.verify(token)
+            except TokenError as exc:
+                raise _unauthenticated(f"invalid token: {exc}") from None
+            subject = claims.get("sub")
+            if not isinstance(subject, str) or not subject:
+                raise _unauthenticated("invalid token: no sub claim")
+            return Principal(subject=subject, method="jwt", claims=claims)
+        raise _unauthenticated("invalid credentials")
