@@ -159,6 +159,9 @@ def _validation_problems(err: ValidationError) -> list[str]:
             if isinstance(e.get("input"), bool) and e["type"].startswith("string"):
                 message += (" (YAML reads unquoted yes/no/true/false/on/off as booleans: "
                             "quote it)")
+            elif isinstance(e.get("input"), dict) and e["type"].startswith("string"):
+                message += (" (YAML reads {name} as a mapping: quote the value, or write "
+                            "${NAME} to take it from the environment)")
             problems.append(message if loc == "(top level)" else f"{loc}: {message}")
     return problems
 

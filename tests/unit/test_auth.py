@@ -80,3 +80,11 @@ async def test_optional_auth_admits_anonymous_callers_but_not_bad_credentials() 
 async def test_disabled_auth_makes_everyone_anonymous() -> None:
     auth = Authenticator(AuthConfig())
     assert await auth.authenticate(EXEC, [("authorization", f"Bearer {KEY}")]) is ANONYMOUS
+
+
+async def test_a_key_stored_as_a_digest_authenticates() -> None:
+    digest = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0"  # "s3cret"
+    auth = Authenticator(AuthConfig.model_validate(
+        {"enabled": True, "api_keys": [{"name": "hashed", "sha256": digest}]}))
+    principal = await auth.authenticate(EXEC, [("authorization", "Bearer s3cret")])
+    assert principal.subject == "hashed"

@@ -169,3 +169,49 @@ def test_serve_refuses_a_missing_working_directory(tmp_path: Path) -> None:
                         "127.0.0.1:0", cwd=tmp_path)
     assert result.returncode == 2
     assert "tools.sh.working_directory" in result.stderr
+
+
+@pytest.mark.parametrize(("jwks_url", "issuer", "audience"), [
+    ("https://${AUTH0_DOMAIN}/.well-known/jwks.json", "https://${AUTH0_DOMAIN}/",
+     "${AUTH0_AUDIENCE}"),
+    ("https://keycloak.yourdomain.com/realms/your-realm/protocol/openid-connect/certs",
+     "https://keycloak.yourdomain.com/realms/your-realm", "hector-api"),
+    ("https://cognito-idp.${REGION}.amazonaws.com/${POOL}/.well-known/jwks.json",
+     "https://cognito-idp.${REGION}.amazonaws.com/${POOL}", "${CLIENT_ID}"),
+])
+def test_the_guides_identity_provider_configs_load(jwks_url: str, issuer: str,
+                                                   audience: str) -> None:
+    text = (f"server:\n  auth:\n    enabled: true\n    jwks_url: {jwks_url}\n"
+            f"    issuer: {issuer}\n    audience: {audience}\n")
+    env = {"AUTH0_DOMAIN": "tenant.auth0.com", "AUTH0_AUDIENCE": "execgate",
+           "REGION": "eu-west-1", "POOL": "eu-west-1_abc", "CLIENT_ID": "client"}
+    auth = parse_policy(text, "guide.yaml", env).config.server.auth
+    assert auth.jwt
+    assert auth.issuer is not None
+    assert "${" not in auth.issuer
+
+
+def test_the_guides_unquoted_placeholder_gets_a_hint() -> None:
+    found = problems("server:\n  auth:\n    enabled: true\n    jwks_url: https://x/jwks\n"
+                     "    issuer: https://x/\n    audience: {clientId}\n")
+    assert found == ["server.auth.audience: Input should be a valid string (YAML reads {name} "
+                     "as a mapping: quote the value, or write ${NAME} to take it from the "
+                     "environment)"]
+
+
+def test_hmac_algorithms_cannot_be_configured() -> None:
+    found = problems("server:\n  auth:\n    algorithms: [RS256, HS256]\n")
+    assert "HS256 not accepted" in found[0]
+
+
+def test_an_api_key_may_be_stored_as_its_digest() -> None:
+    digest = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0"
+    text = f"server:\n  auth:\n    api_keys: [{{name: ci, sha256: {digest}}}]\n"
+    assert parse_policy(text, "t", {}).config.server.auth.named_api_keys()[0].sha256 == digest
+
+
+def test_execgated_hash_key_prints_the_digest() -> None:
+    result = subprocess.run([sys.executable, "-m", "execgate.daemon.cli", "hash-key"],
+                            input="s3cret\n", capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == (
+        "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0")
