@@ -28,6 +28,7 @@ from execgate.client._models import (
     RunResult,
     Sandbox,
     Started,
+    TLSConfig,
     ToolInfo,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "RunResult",
     "Sandbox",
     "Started",
+    "TLSConfig",
     "ToolInfo",
     "UnavailableError",
 ]

@@ -27,7 +27,7 @@ from execgate.client._exceptions import (
     PermissionDeniedError,
     RPCError,
 )
-from execgate.client._models import Event, Exited, ExitReason, OutputChunk
+from execgate.client._models import Event, Exited, ExitReason, OutputChunk, TLSConfig
 
 EXIT_TIMEOUT = 124
 EXIT_EXECGATE = 125
@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--token", help="API key or JWT (default: $EXECGATE_TOKEN, else the "
                         "local token of a daemon on its embedded default)")
     common.add_argument("--agent", default="", help="agent to act as (optional when only one)")
+    common.add_argument("--ca", help="TLS: CA of the daemon's certificate (PEM)")
+    common.add_argument("--cert", help="mutual TLS: this client's certificate (PEM)")
+    common.add_argument("--key", help="mutual TLS: its private key (PEM)")
     parser = argparse.ArgumentParser(prog="execgate", description=__doc__.splitlines()[0],
                                      epilog="Run 'execgate COMMAND --help' for details.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -122,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``execgate``."""
     args = _parser().parse_args(argv)
     try:
-        with Client(args.target, token=args.token) as client:
+        tls = TLSConfig(ca=args.ca, cert=args.cert, key=args.key) if (
+            args.ca or args.cert or args.key) else None
+        with Client(args.target, token=args.token, tls=tls) as client:
             if args.command == "agents":
                 for agent in client.agents():
                     tools = ", ".join(f"{t.name} ({t.type})" for t in agent.tools)

@@ -26,6 +26,7 @@ from execgate.client._models import (
     RunResult,
     Sandbox,
     Started,
+    TLSConfig,
     ToolInfo,
 )
 from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
@@ -145,11 +146,14 @@ def _chunks(data: bytes) -> Iterator[bytes]:
 class Client:
     """A blocking client; one channel, safe to share between threads."""
 
-    def __init__(self, target: str | None = None, *, token: str | None = None) -> None:
+    def __init__(self, target: str | None = None, *, token: str | None = None,
+                 tls: TLSConfig | None = None) -> None:
         self.target = resolve_target(target)
         token = resolve_token(self.target, token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._channel = (
+            grpc.secure_channel(self.target, tls.credentials(), options=_CHANNEL_OPTIONS)
+            if tls else grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS))
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
 
@@ -218,11 +222,14 @@ class Client:
 class AsyncClient:
     """An asyncio client; use within one event loop."""
 
-    def __init__(self, target: str | None = None, *, token: str | None = None) -> None:
+    def __init__(self, target: str | None = None, *, token: str | None = None,
+                 tls: TLSConfig | None = None) -> None:
         self.target = resolve_target(target)
         token = resolve_token(self.target, token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._channel = (
+            grpc.aio.secure_channel(self.target, tls.credentials(), options=_CHANNEL_OPTIONS)
+            if tls else grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS))
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
 

@@ -4,6 +4,28 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS to the daemon. With ``cert`` and ``key``, mutual TLS."""
+
+    ca: str | None = None
+    """PEM file of the CA that signed the daemon's certificate; None uses the system's."""
+    cert: str | None = None
+    """PEM file of this client's certificate, for a daemon that requires one."""
+    key: str | None = None
+    """PEM file of its private key."""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials from the files."""
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
 
 
 class ExitReason(enum.Enum):

@@ -28,6 +28,7 @@ from execgate.daemon.config import (
     ConfigError,
     LoadedPolicy,
     LoggerConfig,
+    TlsConfig,
     expansion_env,
     load_policy,
     parse_policy,
@@ -126,15 +127,27 @@ def _auth_flags(args: argparse.Namespace) -> dict[str, object]:
     return changes
 
 
-def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object]) -> int:
+def _tls_flags(args: argparse.Namespace) -> TlsConfig | None:
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise StartupError("--tls-cert and --tls-key go together")
+    return TlsConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+
+
+def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
+           tls: TlsConfig | None) -> int:
     # The embedded default gets a fresh local token so that only this user can call it.
     token = secrets.token_urlsafe(32) if config_path is None else None
     loaded = _load(config_path, token or "")
-    if auth:
+    if auth or tls:
         server = loaded.config.server
+        changes: dict[str, object] = {"auth": server.auth.model_copy(update=auth)}
+        if tls:
+            changes["tls"] = tls
         loaded = LoadedPolicy(
-            config=loaded.config.model_copy(update={"server": server.model_copy(update={
-                "auth": server.auth.model_copy(update=auth)})}),
+            config=loaded.config.model_copy(update={"server": server.model_copy(
+                update=changes)}),
             source=loaded.source, warnings=loaded.warnings)
     configure_logging(loaded.config.logger)
     log = structlog.get_logger()
@@ -181,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         auth.add_argument("--auth-audience", help="expected aud")
         auth.add_argument("--no-auth-required", action="store_true",
                           help="admit calls without credentials (bad credentials still fail)")
+        tls = cmd.add_argument_group("TLS for TCP listeners (overrides server.tls)")
+        tls.add_argument("--tls-cert", help="server certificate chain (PEM)")
+        tls.add_argument("--tls-key", help="its private key (PEM)")
+        tls.add_argument("--tls-client-ca", help="require client certificates from this CA")
     hash_cmd = commands.add_parser("hash-key", help="print the sha256 of an API key read from "
                                    "stdin, for api_keys: [{name: ..., sha256: ...}]")
     hash_cmd.set_defaults(command="hash-key")
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_CONFIG
             print(digest(key).hex())
             return 0
-        return _serve(args.config, args.listen, _auth_flags(args))
+        return _serve(args.config, args.listen, _auth_flags(args), _tls_flags(args))
     except ConfigError as exc:
         print(f"execgated: {exc.source}:", file=sys.stderr)
         for problem in exc.problems:

@@ -19,7 +19,7 @@ class Principal:
     subject: str
     """Stable name of the caller, e.g. an API key's name or a token's ``sub``."""
     method: str
-    """How the caller was authenticated: ``api_key``, ``jwt`` or ``anonymous``."""
+    """How the caller was authenticated: ``api_key``, ``jwt``, ``mtls`` or ``anonymous``."""
     claims: Mapping[str, Any] = field(default_factory=dict, compare=False)
     """A JWT's verified claims (roles, scopes ...); empty for other credentials."""
 

@@ -24,6 +24,7 @@ from execgate.daemon.model import Denial
 from execgate.daemon.policy import ConfinementError, Policy
 from execgate.daemon.sandbox import HostSupport, Spawner, _linux, layers_for
 from execgate.daemon.services import AgentService, AuthInterceptor, ExecService
+from execgate.daemon.tls import ReloadingCredentials
 from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -46,8 +47,8 @@ class Listener:
         """Whether this is a unix socket."""
         return self.address.startswith("unix:")
 
-    def check(self) -> None:
-        """Refuse plaintext on anything but loopback (TLS listeners come with identity)."""
+    def check(self, tls: bool) -> None:
+        """Refuse plaintext on anything but loopback and unix sockets."""
         if self.is_unix:
             return
         host, sep, port = self.address.rpartition(":")
@@ -58,9 +59,10 @@ class Listener:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
-        if not loopback:
+        if not loopback and not tls:
             raise StartupError(f"listen address {self.address!r}: plaintext gRPC is only "
-                               "served on loopback (127.0.0.1, ::1) or a unix socket")
+                               "served on loopback (127.0.0.1, ::1) or a unix socket; "
+                               "configure server.tls (or --tls-cert/--tls-key)")
 
 
 def listeners(config: PolicyConfig, flags: list[str]) -> list[Listener]:
@@ -71,7 +73,7 @@ def listeners(config: PolicyConfig, flags: list[str]) -> list[Listener]:
         raise StartupError("nowhere to listen: give --listen, server.listen or server.port")
     result = [Listener(a) for a in addresses]
     for listener in result:
-        listener.check()
+        listener.check(tls=config.server.tls is not None)
     return result
 
 
@@ -154,9 +156,13 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
                 reflection.SERVICE_NAME)
     reflection.enable_server_reflection(services, server)
     bound = []
+    tls = ReloadingCredentials(config.server.tls) if config.server.tls else None
     for listener in addresses:
         try:
-            port = server.add_insecure_port(listener.address)
+            if tls is not None and not listener.is_unix:
+                port = server.add_secure_port(listener.address, tls.credentials)
+            else:
+                port = server.add_insecure_port(listener.address)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {listener.address}: {exc}") from None
         if listener.is_unix:

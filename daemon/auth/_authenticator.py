@@ -50,12 +50,21 @@ class Authenticator:
         return any(method == p or (p.endswith("/") and method.startswith(p))
                    for p in self._excluded)
 
-    async def authenticate(self, method: str, metadata: Metadata) -> Principal:
-        """The Principal for a call to ``method``; raises Denial(UNAUTHENTICATED)."""
+    async def authenticate(self, method: str, metadata: Metadata,
+                           certificate: str | None = None) -> Principal:
+        """The Principal for a call to ``method``; raises Denial(UNAUTHENTICATED).
+
+        ``certificate`` is the identity of a client certificate the TLS layer verified; a
+        bearer credential, when one is sent, decides instead.
+        """
+        verified = (Principal(subject=certificate, method="mtls") if certificate is not None
+                    else None)
         if not self._enabled:
-            return ANONYMOUS
+            return verified or ANONYMOUS
         values = [v for k, v in metadata if k == "authorization"]
         if not values:
+            if verified is not None:
+                return verified
             if self._is_excluded(method) or not self._require:
                 return ANONYMOUS
             raise _unauthenticated("no credentials: send 'authorization: Bearer <token>'")

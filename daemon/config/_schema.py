@@ -305,6 +305,19 @@ class ObservabilityConfig(_Strict):
     tracing: _Toggle = _Toggle()
 
 
+class TlsConfig(_Strict):
+    """TLS for every TCP listener; with client_ca, mutual TLS (client certificates required
+    and verified). The files are read again when they change, without a restart."""
+
+    cert: str
+    """Server certificate chain (PEM)."""
+    key: str
+    """Its private key (PEM)."""
+    client_ca: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+    """CA bundle (PEM) client certificates must chain to; setting it requires them.
+    Empty (e.g. from ``${CLIENT_CA:-}``) means none."""
+
+
 class ServerConfig(_Strict):
     """Listeners, the daemon-side PATH and server-wide bounds."""
 
@@ -315,6 +328,7 @@ class ServerConfig(_Strict):
     path: str = "/usr/local/bin:/usr/bin:/bin"
     """The fixed PATH that resolves argv[0]; a request can never change it."""
     max_concurrent_runs: int = Field(default=64, gt=0)
+    tls: TlsConfig | None = None
     auth: AuthConfig = AuthConfig()
     rate_limiting: RateLimitConfig = RateLimitConfig()
     observability: ObservabilityConfig = ObservabilityConfig()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,13 +12,15 @@ from execgate.daemon.audit import Audit
 from execgate.daemon.auth import Authenticator, current_principal
 from execgate.daemon.model import Denial
 from execgate.daemon.services._errors import abort
+from execgate.daemon.tls import certificate_identity
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates each call before its handler runs.
 
-    grpc.aio runs the interceptor and the handler in the call's own task, so the principal
-    set here in a ContextVar is the one the handler reads, and no other call's.
+    The handler's behaviour is wrapped, so that authentication sees the call's context (a
+    verified client certificate lives there, not in the metadata) and runs in the call's own
+    task, where the principal it sets in a ContextVar is the one the handler reads.
     """
 
     def __init__(self, authenticator: Authenticator, audit: Audit) -> None:
@@ -31,25 +34,43 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
+        return _wrapped(handler, details.method, self._authenticate)
+
+    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
         try:
-            principal = await self._auth.authenticate(details.method,
-                                                      details.invocation_metadata)
+            principal = await self._auth.authenticate(
+                method, context.invocation_metadata() or (),
+                certificate_identity(context.auth_context()))
         except Denial as denial:
-            self._audit.unauthenticated(details.method, "", denial)
-            return _refusing(handler, denial)
+            self._audit.unauthenticated(method, context.peer(), denial)
+            await abort(context, denial)
         current_principal.set(principal)
-        return handler
 
 
-def _refusing(handler: grpc.RpcMethodHandler, denial: Denial) -> grpc.RpcMethodHandler:
-    async def refuse(_request: object, context: grpc.aio.ServicerContext) -> None:
-        await abort(context, denial)
+Authenticate = Callable[[str, grpc.aio.ServicerContext], Awaitable[None]]
 
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
-    return make(refuse, request_deserializer=handler.request_deserializer,
+
+def _wrapped(handler: grpc.RpcMethodHandler, method: str,
+             authenticate: Authenticate) -> grpc.RpcMethodHandler:
+    streaming = (handler.request_streaming, handler.response_streaming)
+    field, make = {
+        (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+        (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    }[streaming]
+    behavior = getattr(handler, field)
+    wrapper: Callable[..., Any]
+    if inspect.isasyncgenfunction(behavior):
+        async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await authenticate(method, context)
+            async for response in behavior(request, context):
+                yield response
+        wrapper = stream_out
+    else:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await authenticate(method, context)
+            return await behavior(request, context)
+        wrapper = call
+    return make(wrapper, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
