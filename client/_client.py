@@ -34,7 +34,8 @@ from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
 DEFAULT_TARGET = "127.0.0.1:7878"
 STDIN_CHUNK = 64 * 1024
 _STREAMS = {exec_pb2.STREAM_STDOUT: "stdout", exec_pb2.STREAM_STDERR: "stderr"}
-_VISIBILITY = {agents_pb2.VISIBILITY_PUBLIC: "public", agents_pb2.VISIBILITY_INTERNAL: "internal"}
+_VISIBILITY = {agents_pb2.VISIBILITY_PUBLIC: "public", agents_pb2.VISIBILITY_INTERNAL: "internal",
+               agents_pb2.VISIBILITY_PRIVATE: "private"}
 _TOOL_TYPES = {agents_pb2.TOOL_TYPE_COMMAND: "command", agents_pb2.TOOL_TYPE_FUNCTION: "function"}
 # Match the daemon's limit, so that a large write_file content gets the daemon's answer.
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 4 * 1024 * 1024),

@@ -2,7 +2,8 @@
 
 - public: listed to everyone; usable by anyone who got past authentication.
 - internal: listed to and usable by authenticated callers only, whatever require_auth says.
-- private: never listed and never callable over the network.
+- private: never listed and never callable over the network: only over a unix socket, by a
+  uid in ``server.unix_uids`` (the guide's "internal use only").
 
 An unknown agent and a hidden one get the same answer, so discovery never leaks a name.
 Beyond the guide, an agent's ``allow`` rules name who may use it, so that several teams'
@@ -26,7 +27,8 @@ class Access:
         """The agents ``principal`` may see and use, in policy order."""
         return [(name, agent) for name, agent in self._agents.items()
                 if agent.visibility == "public"
-                or (agent.visibility == "internal" and principal.authenticated)]
+                or (agent.visibility == "internal" and principal.authenticated)
+                or (agent.visibility == "private" and principal.local)]
 
     def agent_for(self, principal: Principal, name: str) -> tuple[str, AgentConfig]:
         """The agent named ``name`` (or the only one visible, when ``name`` is empty)."""

@@ -19,9 +19,12 @@ class Principal:
     subject: str
     """Stable name of the caller, e.g. an API key's name or a token's ``sub``."""
     method: str
-    """How the caller was authenticated: ``api_key``, ``jwt``, ``mtls`` or ``anonymous``."""
+    """How the caller was authenticated: ``api_key``, ``jwt``, ``mtls``, ``unix`` or
+    ``anonymous``."""
     claims: Mapping[str, Any] = field(default_factory=dict, compare=False)
     """A JWT's verified claims (roles, scopes ...); empty for other credentials."""
+    local: bool = False
+    """The call came over a unix socket from an allowed uid: private agents are callable."""
 
     @property
     def authenticated(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,14 @@ from execgate.daemon.policy import ConfinementError, Policy
 from execgate.daemon.sandbox import HostSupport, Spawner, _linux, layers_for
 from execgate.daemon.services import AgentService, AuthInterceptor, ExecService
 from execgate.daemon.tls import ReloadingCredentials
+from execgate.daemon.unix import UnixRelay
 from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVICES = (exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name,
+            agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME)
 SHUTDOWN_GRACE = 5.0
 log = structlog.get_logger()
 
@@ -141,36 +147,53 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
                                   JwtVerifier(config.server.auth, jwks) if jwks else None)
     exec_service = ExecService(access, policy, RunSlots(config.server.max_concurrent_runs),
                                spawner, audit)
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator, audit)],
-        options=[("grpc.so_reuseport", 0),  # two daemons must not share a port silently
-                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    exec_pb2_grpc.add_ExecServiceServicer_to_server(exec_service, server)
-    agents_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(access, config), server)
+    agent_service = AgentService(access, config)
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    services = (exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name,
-                agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(services, server)
-    bound = []
-    tls = ReloadingCredentials(config.server.tls) if config.server.tls else None
-    for listener in addresses:
-        try:
-            if tls is not None and not listener.is_unix:
-                port = server.add_secure_port(listener.address, tls.credentials)
-            else:
-                port = server.add_insecure_port(listener.address)
-        except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {listener.address}: {exc}") from None
-        if listener.is_unix:
-            bound.append(listener.address)
-        else:
+
+    def grpc_server(interceptor: AuthInterceptor) -> grpc.aio.Server:
+        server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=[("grpc.so_reuseport", 0),  # two daemons must not share a port silently
+                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        exec_pb2_grpc.add_ExecServiceServicer_to_server(exec_service, server)
+        agents_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(SERVICES, server)
+        return server
+
+    bound: list[str] = []
+    servers: list[grpc.aio.Server] = []
+    tcp = [listener for listener in addresses if not listener.is_unix]
+    unix = [listener for listener in addresses if listener.is_unix]
+    if tcp:
+        server = grpc_server(AuthInterceptor(authenticator, audit))
+        tls = ReloadingCredentials(config.server.tls) if config.server.tls else None
+        for listener in tcp:
+            try:
+                port = (server.add_secure_port(listener.address, tls.credentials) if tls
+                        else server.add_insecure_port(listener.address))
+            except RuntimeError as exc:
+                raise StartupError(f"cannot listen on {listener.address}: {exc}") from None
             bound.append(f"{listener.address.rpartition(':')[0]}:{port}")
-    await server.start()
-    for name in ("", *services[:2]):
+        servers.append(server)
+    relay = None
+    if unix:
+        uids = config.server.unix_uids
+        relay = UnixRelay(set(uids) if uids is not None else {os.geteuid()})
+        internal = grpc_server(AuthInterceptor(authenticator, audit, relay.uid_for))
+        relay.internal_port = internal.add_insecure_port("127.0.0.1:0")
+        servers.append(internal)
+    for server in servers:
+        await server.start()
+    for listener in unix:
+        assert relay is not None
+        try:
+            await relay.listen(listener.address.removeprefix("unix:"))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {listener.address}: {exc}") from None
+        bound.append(listener.address)
+    for name in ("", *SERVICES[:2]):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -182,7 +205,10 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
     log.info("stopping", runs=exec_service.active_runs)
     await health.enter_graceful_shutdown()
     exec_service.cancel_all()
-    await server.stop(SHUTDOWN_GRACE)
+    if relay is not None:
+        relay.close()
+    for server in servers:
+        await server.stop(SHUTDOWN_GRACE)
     spawner.close()
     if jwks is not None:
         jwks.stop()

@@ -51,14 +51,19 @@ class Authenticator:
                    for p in self._excluded)
 
     async def authenticate(self, method: str, metadata: Metadata,
-                           certificate: str | None = None) -> Principal:
+                           certificate: str | None = None, uid: int | None = None,
+                           ) -> Principal:
         """The Principal for a call to ``method``; raises Denial(UNAUTHENTICATED).
 
-        ``certificate`` is the identity of a client certificate the TLS layer verified; a
-        bearer credential, when one is sent, decides instead.
+        ``certificate`` is the identity of a client certificate the TLS layer verified, and
+        ``uid`` that of an allowed unix socket peer; a bearer credential, when one is sent,
+        decides instead.
         """
-        verified = (Principal(subject=certificate, method="mtls") if certificate is not None
-                    else None)
+        verified = None
+        if uid is not None:
+            verified = Principal(subject=f"uid:{uid}", method="unix", local=True)
+        elif certificate is not None:
+            verified = Principal(subject=certificate, method="mtls")
         if not self._enabled:
             return verified or ANONYMOUS
         values = [v for k, v in metadata if k == "authorization"]
@@ -78,9 +83,10 @@ class Authenticator:
             raise _unauthenticated("authorization must be 'Bearer <token>'")
         if not token.isascii() or not token.isprintable():
             raise _unauthenticated("invalid credentials")
+        local = uid is not None  # a token sent over the unix socket keeps the local reach
         name = self._keys.match(token)
         if name is not None:
-            return Principal(subject=name, method="api_key")
+            return Principal(subject=name, method="api_key", local=local)
         if self._jwt is not None and token.count(".") == 2:
             try:
                 claims = await self._jwt.verify(token)
@@ -89,5 +95,5 @@ class Authenticator:
             subject = claims.get("sub")
             if not isinstance(subject, str) or not subject:
                 raise _unauthenticated("invalid token: no sub claim")
-            return Principal(subject=subject, method="jwt", claims=claims)
+            return Principal(subject=subject, method="jwt", claims=claims, local=local)
         raise _unauthenticated("invalid credentials")

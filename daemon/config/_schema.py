@@ -186,7 +186,8 @@ class AccessRule(_Strict):
     """Who may use an agent: a rule matches when every key it gives matches."""
 
     subject: str | None = None
-    """A principal's subject: an API key's name, or a JWT's sub."""
+    """A principal's subject: an API key's name, a JWT's sub, a certificate's identity, or
+    ``uid:N`` for a unix socket peer."""
     claim: dict[str, str] | None = None
     """JWT claims: a list claim must contain the value, a space-separated one (``scope``)
     must contain it as a word, any other must equal it."""
@@ -329,6 +330,8 @@ class ServerConfig(_Strict):
     """The fixed PATH that resolves argv[0]; a request can never change it."""
     max_concurrent_runs: int = Field(default=64, gt=0)
     tls: TlsConfig | None = None
+    unix_uids: list[int] | None = None
+    """Uids that may call over unix sockets (SO_PEERCRED); default: the daemon's own."""
     auth: AuthConfig = AuthConfig()
     rate_limiting: RateLimitConfig = RateLimitConfig()
     observability: ObservabilityConfig = ObservabilityConfig()

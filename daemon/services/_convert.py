@@ -8,7 +8,8 @@ from execgate.daemon.sandbox import Layers
 from execgate.v1 import agents_pb2, exec_pb2
 
 _STREAM = {Stream.STDOUT: exec_pb2.STREAM_STDOUT, Stream.STDERR: exec_pb2.STREAM_STDERR}
-_VISIBILITY = {"public": agents_pb2.VISIBILITY_PUBLIC, "internal": agents_pb2.VISIBILITY_INTERNAL}
+_VISIBILITY = {"public": agents_pb2.VISIBILITY_PUBLIC, "internal": agents_pb2.VISIBILITY_INTERNAL,
+               "private": agents_pb2.VISIBILITY_PRIVATE}
 
 
 def tool_call(start: exec_pb2.StartCall) -> ToolCall:

@@ -10,7 +10,7 @@ import grpc
 
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import Authenticator, current_principal
-from execgate.daemon.model import Denial
+from execgate.daemon.model import Denial, DenialKind
 from execgate.daemon.services._errors import abort
 from execgate.daemon.tls import certificate_identity
 
@@ -23,9 +23,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     task, where the principal it sets in a ContextVar is the one the handler reads.
     """
 
-    def __init__(self, authenticator: Authenticator, audit: Audit) -> None:
+    def __init__(self, authenticator: Authenticator, audit: Audit,
+                 unix_peer: Callable[[str], int | None] | None = None) -> None:
         self._auth = authenticator
         self._audit = audit
+        self._unix_peer = unix_peer
+        """On the unix relay's internal server: the uid behind a peer, None if not relayed."""
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
@@ -38,9 +41,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
         try:
+            uid = None
+            if self._unix_peer is not None:
+                uid = self._unix_peer(context.peer())
+                if uid is None:
+                    raise Denial(DenialKind.UNAUTHENTICATED,
+                                 "this listener serves the unix socket relay only", "server")
             principal = await self._auth.authenticate(
                 method, context.invocation_metadata() or (),
-                certificate_identity(context.auth_context()))
+                certificate_identity(context.auth_context()), uid)
         except Denial as denial:
             self._audit.unauthenticated(method, context.peer(), denial)
             await abort(context, denial)

@@ -30,6 +30,8 @@ class _VisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Visibility
     """Listed to everyone."""
     VISIBILITY_INTERNAL: _Visibility.ValueType  # 2
     """Listed only to authenticated callers."""
+    VISIBILITY_PRIVATE: _Visibility.ValueType  # 3
+    """Listed and callable only over the daemon's unix socket, by the uids it allows."""
 
 class Visibility(_Visibility, metaclass=_VisibilityEnumTypeWrapper):
     """Visibility controls who sees an agent in discovery."""
@@ -39,6 +41,8 @@ VISIBILITY_PUBLIC: Visibility.ValueType  # 1
 """Listed to everyone."""
 VISIBILITY_INTERNAL: Visibility.ValueType  # 2
 """Listed only to authenticated callers."""
+VISIBILITY_PRIVATE: Visibility.ValueType  # 3
+"""Listed and callable only over the daemon's unix socket, by the uids it allows."""
 Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
 
 class _ToolType:
