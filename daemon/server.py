@@ -68,7 +68,8 @@ class Listener:
         if not loopback and not tls:
             raise StartupError(f"listen address {self.address!r}: plaintext gRPC is only "
                                "served on loopback (127.0.0.1, ::1) or a unix socket; "
-                               "configure server.tls (or --tls-cert/--tls-key)")
+                               "configure server.tls (or --tls-cert/--tls-key), or force it "
+                               "with server.allow_remote_plaintext")
 
 
 def listeners(config: PolicyConfig, flags: list[str]) -> list[Listener]:
@@ -79,7 +80,8 @@ def listeners(config: PolicyConfig, flags: list[str]) -> list[Listener]:
         raise StartupError("nowhere to listen: give --listen, server.listen or server.port")
     result = [Listener(a) for a in addresses]
     for listener in result:
-        listener.check(tls=config.server.tls is not None)
+        listener.check(tls=config.server.tls is not None
+                       or config.server.allow_remote_plaintext)
     return result
 
 

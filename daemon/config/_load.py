@@ -133,6 +133,9 @@ def _warnings(raw: dict[str, Any], config: PolicyConfig) -> list[str]:
             if tool_name not in config.tools:
                 out.append(f"agents.{name}.tools[{i}]: tool {tool_name!r} is not provided by "
                            f"this daemon (define it under tools); {name} will not have it")
+    if config.server.allow_remote_plaintext:
+        out.append("server.allow_remote_plaintext: calls and credentials may cross the network "
+                   "unencrypted")
     for name, tool in config.tools.items():
         if tool.type == "command" and not tool.deny_by_default:
             out.append(f"tools.{name}.deny_by_default: false runs every command not denied; "

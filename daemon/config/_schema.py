@@ -330,6 +330,9 @@ class ServerConfig(_Strict):
     """The fixed PATH that resolves argv[0]; a request can never change it."""
     max_concurrent_runs: int = Field(default=64, gt=0)
     tls: TlsConfig | None = None
+    allow_remote_plaintext: bool = False
+    """Serve plaintext on non-loopback addresses (credentials then cross the network in the
+    clear). Only for a network that is itself encrypted and trusted."""
     unix_uids: list[int] | None = None
     """Uids that may call over unix sockets (SO_PEERCRED); default: the daemon's own."""
     auth: AuthConfig = AuthConfig()

@@ -156,3 +156,12 @@ def test_plaintext_is_refused_on_a_non_loopback_address_but_tls_is_not(
                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert plain.returncode == 2
     assert "configure server.tls" in plain.stderr
+
+
+def test_remote_plaintext_can_be_forced(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "tools: {}\nserver: {allow_remote_plaintext: true}\n",
+                     extra_args=("--listen", "0.0.0.0:0"))
+    try:
+        assert any("allow_remote_plaintext" in line for line in d.stderr_lines)
+    finally:
+        d.stop()
