@@ -42,14 +42,16 @@ class Access:
         if name not in visible:
             raise Denial(DenialKind.AGENT_NOT_FOUND, f"no agent named {name!r}")
         agent = visible[name]
-        if agent.allow is not None and not any(_matches(r, principal) for r in agent.allow):
+        if agent.allow is not None and not any(rule_matches(r, principal)
+                                               for r in agent.allow):
             raise Denial(DenialKind.PERMISSION_DENIED,
                          f"{principal.subject!r} may not use agent {name!r}",
                          f"agents.{name}.allow")
         return name, agent
 
 
-def _matches(rule: AccessRule, principal: Principal) -> bool:
+def rule_matches(rule: AccessRule, principal: Principal) -> bool:
+    """Whether ``principal`` is one the rule names (anonymous callers never are)."""
     if not principal.authenticated:
         return False
     if rule.subject is not None and rule.subject != principal.subject:

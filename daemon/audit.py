@@ -6,11 +6,14 @@ environment values or file contents (either may hold a secret): names and sizes 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from execgate.daemon.model import CommandPlan, Denial, Exit, Plan, Principal, ToolCall
+
+if TYPE_CHECKING:
+    from execgate.daemon.approvals import Pending
 
 
 class Audit:
@@ -43,6 +46,21 @@ class Audit:
                           arguments={k: len(v) for k, v in plan.arguments.items()})
         self._log.info("run.started", run_id=run_id, subject=principal.subject,
                        auth=principal.method, **fields)
+
+    def approval(self, event: str, pending: Pending, decider: Principal | None,
+                 reason: str = "") -> None:
+        """A request asked, decided, expired or withdrawn."""
+        self._log.info(event, approval_id=pending.id, requester=pending.requester.subject,
+                       decider=decider.subject if decider else "", plan_digest=pending.digest,
+                       agent=pending.plan.agent, tool=pending.plan.tool, reason=reason)
+
+    def approval_refused(self, approval_id: str, decider: Principal, denial: Denial,
+                         pending: Pending | None) -> None:
+        """A decision that did not count, and why."""
+        self._log.warning("approval.refused", approval_id=approval_id[:64],
+                          decider=decider.subject, rule=denial.rule, reason=denial.message,
+                          requester=pending.requester.subject if pending else "",
+                          plan_digest=pending.digest if pending else "")
 
     def exited(self, run_id: str, principal: Principal, exit: Exit) -> None:
         """A run ended: how, and what it cost."""

@@ -148,6 +148,9 @@ class DenialKind(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
     SANDBOX_UNAVAILABLE = "sandbox_unavailable"
+    APPROVAL_DENIED = "approval_denied"
+    APPROVAL_NOT_FOUND = "approval_not_found"
+    APPROVAL_EXPIRED = "approval_expired"
 
 
 class Denial(Exception):

@@ -17,6 +17,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from execgate.daemon.access import Access
+from execgate.daemon.approvals import Approvals
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import Authenticator, JwksCache, JwtVerifier, check_jwks_url
 from execgate.daemon.config import PolicyConfig
@@ -24,14 +25,22 @@ from execgate.daemon.limits import RunSlots
 from execgate.daemon.model import Denial
 from execgate.daemon.policy import ConfinementError, Policy
 from execgate.daemon.sandbox import HostSupport, Spawner, _linux, layers_for
-from execgate.daemon.services import AgentService, AuthInterceptor, ExecService
+from execgate.daemon.services import AgentService, ApprovalService, AuthInterceptor, ExecService
 from execgate.daemon.tls import ReloadingCredentials
 from execgate.daemon.unix import UnixRelay
-from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
+from execgate.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    approvals_pb2,
+    approvals_pb2_grpc,
+    exec_pb2,
+    exec_pb2_grpc,
+)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICES = (exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name,
             agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+            approvals_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME)
 SHUTDOWN_GRACE = 5.0
@@ -147,8 +156,10 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
         jwks.start()
     authenticator = Authenticator(config.server.auth,
                                   JwtVerifier(config.server.auth, jwks) if jwks else None)
+    approvals = Approvals(config.approvals, audit)
     exec_service = ExecService(access, policy, RunSlots(config.server.max_concurrent_runs),
-                               spawner, audit)
+                               spawner, approvals, audit)
+    approval_service = ApprovalService(approvals, spawner)
     agent_service = AgentService(access, config)
     health = health_aio.HealthServicer()
 
@@ -160,6 +171,7 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         exec_pb2_grpc.add_ExecServiceServicer_to_server(exec_service, server)
         agents_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
+        approvals_pb2_grpc.add_ApprovalServiceServicer_to_server(approval_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(SERVICES, server)
         return server
@@ -185,6 +197,9 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
         relay = UnixRelay(set(uids) if uids is not None else {os.geteuid()})
         internal = grpc_server(AuthInterceptor(authenticator, audit, relay.uid_for))
         relay.internal_port = internal.add_insecure_port("127.0.0.1:0")
+        log.info("unix.relay", audit=True,
+                 internal=f"127.0.0.1:{relay.internal_port}",
+                 detail="admits only connections relayed from the unix sockets")
         servers.append(internal)
     for server in servers:
         await server.start()
@@ -195,7 +210,7 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
         except OSError as exc:
             raise StartupError(f"cannot listen on {listener.address}: {exc}") from None
         bound.append(listener.address)
-    for name in ("", *SERVICES[:2]):
+    for name in ("", *SERVICES[:3]):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,7 @@ class Daemon:
     root: Path
     stderr_lines: list[str] = field(default_factory=list)
     drainer: threading.Thread | None = None
+    said: threading.Condition = field(default_factory=threading.Condition)
 
     @property
     def workspace(self) -> Path:
@@ -93,17 +95,24 @@ class Daemon:
     def client(self, token: str | None = API_KEY) -> Client:
         return Client(self.target, token=token if token is not None else "")
 
-    def audit(self, event: str) -> list[dict[str, object]]:
-        """Audit events named ``event`` logged so far (JSON format only)."""
-        out = []
-        for line in list(self.stderr_lines):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("audit") and record.get("event") == event:
-                out.append(record)
-        return out
+    def audit(self, event: str, **match: object) -> list[dict[str, Any]]:
+        """Audit events named ``event`` (with the ``match`` fields), waiting up to 10 s for
+        the first: the daemon logs before it answers, but its stderr arrives on its own."""
+        def found() -> list[dict[str, Any]]:
+            out = []
+            for line in list(self.stderr_lines):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if (record.get("audit") and record.get("event") == event
+                        and all(record.get(k) == v for k, v in match.items())):
+                    out.append(record)
+            return out
+
+        with self.said:
+            self.said.wait_for(found, timeout=10)
+        return found()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -154,7 +163,9 @@ def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, st
 
     def drain() -> None:
         for line in stderr:
-            daemon.stderr_lines.append(line)
+            with daemon.said:
+                daemon.stderr_lines.append(line)
+                daemon.said.notify_all()
 
     daemon.drainer = threading.Thread(target=drain, daemon=True)
     daemon.drainer.start()

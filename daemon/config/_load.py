@@ -212,9 +212,6 @@ def unenforced(config: PolicyConfig) -> tuple[list[str], list[str]]:
     auth = config.server.auth
     if config.server.rate_limiting.enabled:
         security.append("server.rate_limiting: rate limiting is not enforced yet")
-    for name, tool in config.tools.items():
-        if tool.require_approval:
-            security.append(f"tools.{name}.require_approval: human approval is not enforced yet")
     if auth.enabled and auth.excluded_paths and not auth.require_auth:
         other.append("server.auth.excluded_paths: has no effect when require_auth is false")
     if config.server.observability.metrics.enabled:

@@ -8,6 +8,7 @@ the loader; keys of features not enforced yet parse here and are reported by ``u
 from __future__ import annotations
 
 import re
+import string
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -60,6 +61,15 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 
 FUNCTION_HANDLERS = ("read_file", "write_file", "list_directory", "grep_search")
 """The built-in function tools this daemon provides."""
+PROMPT_FIELDS = frozenset({"command", "argv", "cwd", "tool", "agent"})
+"""Placeholders every approval prompt may use."""
+PROMPT_ARGUMENTS = {
+    "read_file": frozenset({"path", "file", "offset", "limit"}),
+    "write_file": frozenset({"path", "file", "content", "mode"}),
+    "list_directory": frozenset({"path", "file"}),
+    "grep_search": frozenset({"path", "file", "pattern", "ignore_case", "fixed_strings"}),
+}
+"""Function tools' arguments, by name, for their prompts (``file`` is ``path``)."""
 
 
 class _Strict(BaseModel):
@@ -169,7 +179,13 @@ class ToolConfig(_Strict):
     deny_by_default: bool = True
     """Fail closed: a command not in allowed_commands is refused unless this is false."""
     require_approval: bool = False
+    """Every call of this tool waits for a human decision."""
+    require_approval_for: list[str] = Field(default_factory=list)
+    """Command tools: calls whose argv starts with one of these (``git push``, ``rm``) wait
+    for a human, inside an otherwise approval-free tool."""
     approval_prompt: str | None = None
+    """What the human is asked; ``{command}``, ``{argv}``, ``{cwd}``, ``{tool}``, ``{agent}``,
+    and for function tools ``{path}``/``{file}`` and the call's other arguments."""
     max_output_bytes: Size = 64 * 1024**2
     """stdout and stderr together; past it the run is stopped with reason OUTPUT_LIMIT."""
     max_file_bytes: Size = 16 * 1024**2
@@ -341,6 +357,17 @@ class ServerConfig(_Strict):
     cors: Any = None
 
 
+class ApprovalsConfig(_Strict):
+    """Human approval (the guide's require_approval), and who may give it."""
+
+    timeout: Duration = 300.0
+    """How long a request waits before it expires (denied)."""
+    approvers: list[AccessRule] = Field(default_factory=list)
+    """Principals that may decide others' requests (ApprovalService)."""
+    allow_self_approval: bool = True
+    """Whether a caller may approve its own request; false is four-eyes."""
+
+
 class LoggerConfig(_Strict):
     """Log level and format; audit events go through the same logger."""
 
@@ -357,6 +384,7 @@ class PolicyConfig(_Strict):
     server: ServerConfig = ServerConfig()
     logger: LoggerConfig = LoggerConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
     llms: Any = None
 
     def sandbox_for(self, tool: str) -> SandboxConfig:
@@ -383,6 +411,23 @@ class PolicyConfig(_Strict):
             for command in (*tool.allowed_commands, *tool.denied_commands):
                 if not command or "/" in command or command in (".", ".."):
                     problems.append(f"tools.{name}: {command!r} is not a bare command name")
+            if tool.require_approval_for and tool.type != "command":
+                problems.append(f"tools.{name}.require_approval_for: command tools only")
+            if tool.approval_prompt is not None:
+                handler = tool.handler or name
+                allowed = PROMPT_FIELDS | (PROMPT_ARGUMENTS.get(handler, frozenset())
+                                           if tool.type == "function" else frozenset())
+                try:
+                    fields = {f for _, f, _, _ in string.Formatter().parse(tool.approval_prompt)
+                              if f is not None}
+                except ValueError as exc:
+                    problems.append(f"tools.{name}.approval_prompt: {exc}")
+                    continue
+                if unknown := sorted(fields - allowed):
+                    problems.append(
+                        f"tools.{name}.approval_prompt: unknown placeholder(s) "
+                        f"{', '.join('{' + f + '}' for f in unknown)}; this tool offers "
+                        f"{', '.join('{' + f + '}' for f in sorted(allowed))}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -20,6 +20,7 @@ from execgate.daemon.policy._command import check_argv, check_command, resolve_c
 from execgate.daemon.policy._confine import resolve as resolve_confinement
 from execgate.daemon.policy._env import check_env, command_env
 from execgate.daemon.policy._jail import check_relative, resolve_cwd
+from execgate.daemon.policy._prompt import approval_prompt
 
 # Named arguments of each built-in function tool: (required, optional).
 FUNCTION_ARGUMENTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -50,6 +51,11 @@ class Policy:
     def jails(self) -> dict[str, Path]:
         """Each tool's working directory, resolved."""
         return dict(self._jails)
+
+    def approval_prompt(self, plan: Plan) -> str | None:
+        """The question for a human when ``plan`` needs approval (the policy's ask), else
+        None (allow)."""
+        return approval_prompt(self._config.tools[plan.tool], plan)
 
     def plan(self, agent_name: str, agent: AgentConfig, call: ToolCall) -> Plan:
         """The Plan for ``call`` by an agent the caller may use; raises Denial."""

@@ -105,6 +105,10 @@ class Spawner:
         self._loop = loop
         loop.add_reader(self._sock, self._on_message)
 
+    def layers(self, plan: CommandPlan) -> Layers:
+        """The layers ``plan`` gets here; raises Denial when a required one is missing."""
+        return layers_for(plan.tool, plan.confinement, self.host)
+
     def spawn(self, plan: CommandPlan, stdin: int, stdout: int, stderr: int) -> Job:
         """Hand ``plan`` to the helper; raises Denial when a required layer is missing."""
         if self._broken is not None:

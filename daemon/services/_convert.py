@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from execgate.daemon.approvals import Pending
 from execgate.daemon.config import AgentConfig, PolicyConfig
 from execgate.daemon.model import CommandPlan, Exit, Output, Plan, Stream, ToolCall
 from execgate.daemon.sandbox import Layers
@@ -24,6 +25,21 @@ def tool_call(start: exec_pb2.StartCall) -> ToolCall:
 
 def accepted(run_id: str, plan: Plan, layers: Layers | None) -> exec_pb2.ExecuteResponse:
     """The ``accepted`` message: the run id and the exact plan, with its confinement."""
+    return exec_pb2.ExecuteResponse(accepted=exec_pb2.Accepted(
+        run_id=run_id, plan=plan_message(plan, layers)))
+
+
+def approval_request(pending: Pending, layers: Layers | None) -> exec_pb2.ApprovalRequest:
+    """What a human is asked to decide."""
+    message = exec_pb2.ApprovalRequest(
+        approval_id=pending.id, prompt=pending.prompt, plan=plan_message(pending.plan, layers),
+        plan_digest=pending.digest, requester=pending.requester.subject)
+    message.expires_at.FromNanoseconds(round(pending.expires_at * 1e9))
+    return message
+
+
+def plan_message(plan: Plan, layers: Layers | None) -> exec_pb2.Plan:
+    """The exact plan, with its confinement."""
     message = exec_pb2.Plan(agent=plan.agent, tool=plan.tool, executable=plan.executable)
     limits = message.limits  # a reference: protobuf copies a message passed to a constructor
     limits.output_limit_bytes = plan.limits.output_limit_bytes
@@ -46,7 +62,11 @@ def accepted(run_id: str, plan: Plan, layers: Layers | None) -> exec_pb2.Execute
                 limits.processes = c.processes or 0
     else:
         message.cwd = str(plan.jail)
-    return exec_pb2.ExecuteResponse(accepted=exec_pb2.Accepted(run_id=run_id, plan=message))
+        message.argv.extend(f"{k}={v}" for k, v in sorted(plan.arguments.items())
+                            if k != "content")
+        if "content" in plan.arguments:
+            message.argv.append(f"content=<{len(plan.arguments['content'].encode())} bytes>")
+    return message
 
 
 def output(event: Output) -> exec_pb2.ExecuteResponse:

@@ -24,6 +24,9 @@ STATUS = {
     DenialKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DenialKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     DenialKind.SANDBOX_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    DenialKind.APPROVAL_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    DenialKind.APPROVAL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    DenialKind.APPROVAL_EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

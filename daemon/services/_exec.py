@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from execgate.daemon.access import Access
+from execgate.daemon.approvals import Approvals, Pending
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal
 from execgate.daemon.limits import RunSlots
@@ -23,11 +24,12 @@ from execgate.daemon.model import (
     DenialKind,
     Exit,
     Plan,
+    Principal,
     ToolCall,
 )
 from execgate.daemon.policy import Policy
 from execgate.daemon.runs import CommandRun, FunctionRun, Run
-from execgate.daemon.sandbox import Spawner
+from execgate.daemon.sandbox import Layers, Spawner
 from execgate.daemon.services import _convert
 from execgate.daemon.services._errors import abort
 from execgate.v1 import exec_pb2, exec_pb2_grpc
@@ -38,6 +40,8 @@ _PROTOCOL_ERRORS = {
     "stdin": "stdin sent, but start did not set stdin; the run was stopped",
     "signal": f"signal must be between 1 and {_MAX_SIGNAL}; the run was stopped",
 }
+MAX_EARLY_STDIN = 4 * 1024 * 1024
+"""stdin held while a call waits for approval; more is a protocol error."""
 
 
 async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
@@ -56,15 +60,88 @@ async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
         yield request
 
 
+class _Control:
+    """The caller's messages after start, for the whole call: approval decisions while it
+    waits, then stdin, stdin close and signals for the run. stdin that arrives before the
+    run exists is held (bounded) and handed over when it starts."""
+
+    def __init__(self, call: ToolCall, principal: Principal, approvals: Approvals,
+                 audit: Audit) -> None:
+        self._call = call
+        self._principal = principal
+        self._approvals = approvals
+        self._audit = audit
+        self.pending: Pending | None = None
+        self._run: Run | None = None
+        self._early: list[bytes] = []
+        self._early_bytes = 0
+        self._early_closed = False
+        self._signals: list[int] = []
+
+    async def attach(self, run: Run) -> None:
+        """The run started: give it what came early."""
+        self._run = run
+        for chunk in self._early:
+            await run.write_stdin(chunk)
+        if self._early_closed:
+            run.close_stdin()
+        self._early.clear()
+
+    async def read(self, requests: AsyncIterator[exec_pb2.ExecuteRequest]) -> None:
+        """Serve the caller's stream until it ends; raises Denial on a protocol error."""
+        try:
+            async for request in requests:
+                await self._one(request)
+        except Denial:
+            if self._run is not None:
+                self._run.cancel()
+            raise
+        if self._run is not None:
+            self._run.close_stdin()
+        else:
+            self._early_closed = True
+
+    async def _one(self, request: exec_pb2.ExecuteRequest) -> None:
+        kind = request.WhichOneof("request")
+        if kind == "approval":
+            decision = request.approval
+            with contextlib.suppress(Denial):  # refused and audited; the request stays open
+                self._approvals.decide(decision.approval_id, decision.approve, decision.reason,
+                                       decision.plan_digest, self._principal,
+                                       via_stream=True, own=self.pending)
+        elif kind == "stdin" and self._call.stdin:
+            if self._run is not None:
+                await self._run.write_stdin(request.stdin)
+                return
+            self._early_bytes += len(request.stdin)
+            if self._early_bytes > MAX_EARLY_STDIN:
+                raise Denial(DenialKind.INVALID_ARGUMENT,
+                             f"more than {MAX_EARLY_STDIN} bytes of stdin before the run "
+                             "started; send stdin after accepted")
+            self._early.append(request.stdin)
+        elif kind == "close_stdin":
+            if self._run is not None:
+                self._run.close_stdin()
+            else:
+                self._early_closed = True
+        elif kind == "signal" and 0 < request.signal.signal <= _MAX_SIGNAL:
+            if self._run is not None:
+                self._run.send_signal(request.signal.signal)
+        else:
+            raise Denial(DenialKind.INVALID_ARGUMENT, _PROTOCOL_ERRORS.get(
+                kind or "", "a message Execute does not understand"))
+
+
 class ExecService(exec_pb2_grpc.ExecServiceServicer):
     """Runs tool calls over bidirectional streams."""
 
     def __init__(self, access: Access, policy: Policy, slots: RunSlots, spawner: Spawner,
-                 audit: Audit) -> None:
+                 approvals: Approvals, audit: Audit) -> None:
         self._access = access
         self._policy = policy
-        self._spawner = spawner
         self._slots = slots
+        self._spawner = spawner
+        self._approvals = approvals
         self._audit = audit
         self._runs: set[Run] = set()
 
@@ -87,31 +164,64 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         try:
             agent_name, agent = self._access.agent_for(principal, call.agent)
             plan = self._policy.plan(agent_name, agent, call)
-            self._slots.acquire()
+            # Before asking a human: a call the sandbox would refuse is refused now.
+            layers = self._spawner.layers(plan) if isinstance(plan, CommandPlan) else None
+            prompt = self._policy.approval_prompt(plan)
         except Denial as denial:
             self._audit.denied(principal, call, denial)
             await abort(context, denial)
+        control = _Control(call, principal, self._approvals, self._audit)
+        reader = asyncio.create_task(control.read(requests))
+        try:
+            if prompt is not None:
+                await self._ask(context, control, principal, plan, prompt, layers)
+            await self._run(context, control, reader, principal, call, plan)
+        except Denial as denial:
+            await abort(context, denial)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Denial):
+                await reader
+
+    async def _ask(self, context: grpc.aio.ServicerContext, control: _Control,
+                   principal: Principal, plan: Plan, prompt: str,
+                   layers: Layers | None) -> None:
+        """The policy's ask: the call waits for a decision; raises Denial unless approved."""
+        pending = self._approvals.open(principal, plan, prompt)
+        control.pending = pending
+        await context.write(exec_pb2.ExecuteResponse(
+            approval_request=_convert.approval_request(pending, layers)))
+        await self._approvals.wait(pending)
+
+    async def _run(self, context: grpc.aio.ServicerContext, control: _Control,
+                   reader: asyncio.Task[None], principal: Principal, call: ToolCall,
+                   plan: Plan) -> None:
+        try:
+            self._slots.acquire()
+        except Denial as denial:
+            self._audit.denied(principal, call, denial)
+            raise
         try:
             run = self._start(plan)
         except Denial as denial:  # a sandbox layer the policy requires is missing
             self._slots.release()
             self._audit.denied(principal, call, denial)
-            await abort(context, denial)
+            raise
         except OSError as exc:
             self._slots.release()
-            await abort(context, Denial(DenialKind.UNAVAILABLE,
-                                        f"could not start {plan.executable}: {exc.strerror}"))
+            raise Denial(DenialKind.UNAVAILABLE,
+                         f"could not start {plan.executable}: {exc.strerror}") from None
         run_id = uuid.uuid4().hex
         self._audit.started(run_id, principal, plan)
         self._runs.add(run)
-        control = asyncio.create_task(self._control(requests, run, call))
         try:
+            await control.attach(run)
             await context.write(_convert.accepted(run_id, plan, run.layers))
             async for event in run.events():
                 if isinstance(event, Exit):
                     self._audit.exited(run_id, principal, event)
-                    if control.done() and isinstance(err := control.exception(), Denial):
-                        await abort(context, err)
+                    if reader.done() and isinstance(err := reader.exception(), Denial):
+                        raise err
                     await context.write(_convert.exit_message(event))
                 else:
                     await context.write(_convert.output(event))
@@ -119,40 +229,11 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             run.cancel()  # a no-op once the run has exited
             self._runs.discard(run)
             self._slots.release()
-            control.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Denial):
-                await control
 
     def _start(self, plan: Plan) -> Run:
         if isinstance(plan, CommandPlan):
             return CommandRun.start(self._spawner, plan)
         return FunctionRun(plan)
-
-    @staticmethod
-    async def _control(requests: AsyncIterator[exec_pb2.ExecuteRequest], run: Run,
-                       call: ToolCall) -> None:
-        """The caller's later messages: stdin, stdin close, signals.
-
-        A second start, stdin nobody announced, a bad signal or an unparsable message: the
-        caller is confused, so nothing it sends can be trusted to mean what it thinks. The run
-        is stopped and the Denial ends the call.
-        """
-        try:
-            async for request in requests:
-                kind = request.WhichOneof("request")
-                if kind == "stdin" and call.stdin:
-                    await run.write_stdin(request.stdin)
-                elif kind == "close_stdin":
-                    run.close_stdin()
-                elif kind == "signal" and 0 < request.signal.signal <= _MAX_SIGNAL:
-                    run.send_signal(request.signal.signal)
-                else:
-                    raise Denial(DenialKind.INVALID_ARGUMENT, _PROTOCOL_ERRORS.get(
-                        kind or "", "a message Execute does not understand"))
-        except Denial:
-            run.cancel()
-            raise
-        run.close_stdin()
 
     @property
     def active_runs(self) -> int:

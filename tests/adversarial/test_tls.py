@@ -77,7 +77,7 @@ def tls(pki: dict[str, object], client: str | None = None) -> TLSConfig:
 def run(daemon: Daemon, config: TLSConfig | None, token: str = "", agent: str = "dev") -> str:
     with Client(daemon.target, token=token, tls=config) as c:
         run_id = c.run(["echo", "ok"], agent=agent).run_id
-    return str(next(e for e in daemon.audit("run.started") if e["run_id"] == run_id)["subject"])
+    return str(daemon.audit("run.started", run_id=run_id)[0]["subject"])
 
 
 @pytest.mark.parametrize(("client", "subject"), [

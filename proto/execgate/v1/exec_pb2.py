@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65xecgate/v1/exec.proto\x12\x0b\x65xecgate.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb6\x01\n\x0e\x45xecuteRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x16.execgate.v1.StartCallH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12.\n\x0b\x63lose_stdin\x18\x03 \x01(\x0b\x32\x17.execgate.v1.CloseStdinH\x00\x12)\n\x06signal\x18\x04 \x01(\x0b\x32\x17.execgate.v1.SendSignalH\x00\x42\t\n\x07requestJ\x04\x08\x05\x10\n\"\xc4\x02\n\tStartCall\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12\x38\n\targuments\x18\x04 \x03(\x0b\x32%.execgate.v1.StartCall.ArgumentsEntry\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12,\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1f.execgate.v1.StartCall.EnvEntry\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05stdin\x18\x08 \x01(\x08\x1a\x30\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0c\n\nCloseStdin\"\x1c\n\nSendSignal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x98\x01\n\x0f\x45xecuteResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.execgate.v1.AcceptedH\x00\x12%\n\x06output\x18\x02 \x01(\x0b\x32\x13.execgate.v1.OutputH\x00\x12!\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x11.execgate.v1.ExitH\x00\x42\n\n\x08responseJ\x04\x08\x04\x10\n\";\n\x08\x41\x63\x63\x65pted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1f\n\x04plan\x18\x02 \x01(\x0b\x32\x11.execgate.v1.Plan\"\xb1\x01\n\x04Plan\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x12\n\nexecutable\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12\x11\n\tenv_names\x18\x06 \x03(\t\x12#\n\x06limits\x18\x07 \x01(\x0b\x32\x13.execgate.v1.Limits\x12%\n\x07sandbox\x18\x08 \x01(\x0b\x32\x14.execgate.v1.Sandbox\"b\n\x07Sandbox\x12\x12\n\nfilesystem\x18\x01 \x01(\x08\x12\x12\n\nnamespaces\x18\x02 \x01(\x08\x12\x0e\n\x06\x63group\x18\x03 \x01(\x08\x12\x0f\n\x07network\x18\x04 \x01(\x08\x12\x0e\n\x06run_as\x18\x05 \x01(\t\"\xd3\x01\n\x06Limits\x12*\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12output_limit_bytes\x18\x02 \x01(\x04\x12+\n\x08\x63pu_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x11\n\tprocesses\x18\x05 \x01(\r\x12\x12\n\nopen_files\x18\x06 \x01(\r\x12\x17\n\x0f\x66ile_size_bytes\x18\x07 \x01(\x04\"K\n\x06Output\x12#\n\x06stream\x18\x01 \x01(\x0e\x32\x13.execgate.v1.Stream\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xc9\x02\n\x04\x45xit\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.execgate.v1.ExitReason\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06signal\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12,\n\twall_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tuser_time\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bsystem_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rmax_rss_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cstdout_bytes\x18\t \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\n \x01(\x04\x12\x15\n\rdropped_bytes\x18\x0b \x01(\x04*F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02*\xa2\x02\n\nExitReason\x12\x1b\n\x17\x45XIT_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XIT_REASON_EXITED\x10\x01\x12\x18\n\x14\x45XIT_REASON_SIGNALED\x10\x02\x12\x17\n\x13\x45XIT_REASON_TIMEOUT\x10\x03\x12\x1c\n\x18\x45XIT_REASON_OUTPUT_LIMIT\x10\x04\x12\x19\n\x15\x45XIT_REASON_CANCELLED\x10\x05\x12\x1a\n\x16\x45XIT_REASON_TOOL_ERROR\x10\x06\x12\x1c\n\x18\x45XIT_REASON_MEMORY_LIMIT\x10\x07\x12\x1a\n\x16\x45XIT_REASON_PIDS_LIMIT\x10\x08\x12\x1d\n\x19\x45XIT_REASON_SANDBOX_ERROR\x10\t2W\n\x0b\x45xecService\x12H\n\x07\x45xecute\x12\x1b.execgate.v1.ExecuteRequest\x1a\x1c.execgate.v1.ExecuteResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65xecgate/v1/exec.proto\x12\x0b\x65xecgate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x01\n\x0e\x45xecuteRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x16.execgate.v1.StartCallH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12.\n\x0b\x63lose_stdin\x18\x03 \x01(\x0b\x32\x17.execgate.v1.CloseStdinH\x00\x12)\n\x06signal\x18\x04 \x01(\x0b\x32\x17.execgate.v1.SendSignalH\x00\x12\x31\n\x08\x61pproval\x18\x05 \x01(\x0b\x32\x1d.execgate.v1.ApprovalDecisionH\x00\x42\t\n\x07requestJ\x04\x08\x06\x10\n\"]\n\x10\x41pprovalDecision\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bplan_digest\x18\x04 \x01(\t\"\xc4\x02\n\tStartCall\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12\x38\n\targuments\x18\x04 \x03(\x0b\x32%.execgate.v1.StartCall.ArgumentsEntry\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12,\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1f.execgate.v1.StartCall.EnvEntry\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05stdin\x18\x08 \x01(\x08\x1a\x30\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0c\n\nCloseStdin\"\x1c\n\nSendSignal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\xd2\x01\n\x0f\x45xecuteResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.execgate.v1.AcceptedH\x00\x12%\n\x06output\x18\x02 \x01(\x0b\x32\x13.execgate.v1.OutputH\x00\x12!\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x11.execgate.v1.ExitH\x00\x12\x38\n\x10\x61pproval_request\x18\x04 \x01(\x0b\x32\x1c.execgate.v1.ApprovalRequestH\x00\x42\n\n\x08responseJ\x04\x08\x05\x10\n\"\xaf\x01\n\x0f\x41pprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1f\n\x04plan\x18\x03 \x01(\x0b\x32\x11.execgate.v1.Plan\x12\x13\n\x0bplan_digest\x18\x04 \x01(\t\x12\x11\n\trequester\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x08\x41\x63\x63\x65pted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1f\n\x04plan\x18\x02 \x01(\x0b\x32\x11.execgate.v1.Plan\"\xb1\x01\n\x04Plan\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x12\n\nexecutable\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x04 \x03(\t\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12\x11\n\tenv_names\x18\x06 \x03(\t\x12#\n\x06limits\x18\x07 \x01(\x0b\x32\x13.execgate.v1.Limits\x12%\n\x07sandbox\x18\x08 \x01(\x0b\x32\x14.execgate.v1.Sandbox\"b\n\x07Sandbox\x12\x12\n\nfilesystem\x18\x01 \x01(\x08\x12\x12\n\nnamespaces\x18\x02 \x01(\x08\x12\x0e\n\x06\x63group\x18\x03 \x01(\x08\x12\x0f\n\x07network\x18\x04 \x01(\x08\x12\x0e\n\x06run_as\x18\x05 \x01(\t\"\xd3\x01\n\x06Limits\x12*\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12output_limit_bytes\x18\x02 \x01(\x04\x12+\n\x08\x63pu_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x11\n\tprocesses\x18\x05 \x01(\r\x12\x12\n\nopen_files\x18\x06 \x01(\r\x12\x17\n\x0f\x66ile_size_bytes\x18\x07 \x01(\x04\"K\n\x06Output\x12#\n\x06stream\x18\x01 \x01(\x0e\x32\x13.execgate.v1.Stream\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xc9\x02\n\x04\x45xit\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.execgate.v1.ExitReason\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06signal\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12,\n\twall_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tuser_time\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bsystem_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rmax_rss_bytes\x18\x08 \x01(\x04\x12\x14\n\x0cstdout_bytes\x18\t \x01(\x04\x12\x14\n\x0cstderr_bytes\x18\n \x01(\x04\x12\x15\n\rdropped_bytes\x18\x0b \x01(\x04*F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02*\xa2\x02\n\nExitReason\x12\x1b\n\x17\x45XIT_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XIT_REASON_EXITED\x10\x01\x12\x18\n\x14\x45XIT_REASON_SIGNALED\x10\x02\x12\x17\n\x13\x45XIT_REASON_TIMEOUT\x10\x03\x12\x1c\n\x18\x45XIT_REASON_OUTPUT_LIMIT\x10\x04\x12\x19\n\x15\x45XIT_REASON_CANCELLED\x10\x05\x12\x1a\n\x16\x45XIT_REASON_TOOL_ERROR\x10\x06\x12\x1c\n\x18\x45XIT_REASON_MEMORY_LIMIT\x10\x07\x12\x1a\n\x16\x45XIT_REASON_PIDS_LIMIT\x10\x08\x12\x1d\n\x19\x45XIT_REASON_SANDBOX_ERROR\x10\t2W\n\x0b\x45xecService\x12H\n\x07\x45xecute\x12\x1b.execgate.v1.ExecuteRequest\x1a\x1c.execgate.v1.ExecuteResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTCALL_ARGUMENTSENTRY']._serialized_options = b'8\001'
   _globals['_STARTCALL_ENVENTRY']._loaded_options = None
   _globals['_STARTCALL_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_STREAM']._serialized_start=1746
-  _globals['_STREAM']._serialized_end=1816
-  _globals['_EXITREASON']._serialized_start=1819
-  _globals['_EXITREASON']._serialized_end=2109
-  _globals['_EXECUTEREQUEST']._serialized_start=72
-  _globals['_EXECUTEREQUEST']._serialized_end=254
-  _globals['_STARTCALL']._serialized_start=257
-  _globals['_STARTCALL']._serialized_end=581
-  _globals['_STARTCALL_ARGUMENTSENTRY']._serialized_start=489
-  _globals['_STARTCALL_ARGUMENTSENTRY']._serialized_end=537
-  _globals['_STARTCALL_ENVENTRY']._serialized_start=539
-  _globals['_STARTCALL_ENVENTRY']._serialized_end=581
-  _globals['_CLOSESTDIN']._serialized_start=583
-  _globals['_CLOSESTDIN']._serialized_end=595
-  _globals['_SENDSIGNAL']._serialized_start=597
-  _globals['_SENDSIGNAL']._serialized_end=625
-  _globals['_EXECUTERESPONSE']._serialized_start=628
-  _globals['_EXECUTERESPONSE']._serialized_end=780
-  _globals['_ACCEPTED']._serialized_start=782
-  _globals['_ACCEPTED']._serialized_end=841
-  _globals['_PLAN']._serialized_start=844
-  _globals['_PLAN']._serialized_end=1021
-  _globals['_SANDBOX']._serialized_start=1023
-  _globals['_SANDBOX']._serialized_end=1121
-  _globals['_LIMITS']._serialized_start=1124
-  _globals['_LIMITS']._serialized_end=1335
-  _globals['_OUTPUT']._serialized_start=1337
-  _globals['_OUTPUT']._serialized_end=1412
-  _globals['_EXIT']._serialized_start=1415
-  _globals['_EXIT']._serialized_end=1744
-  _globals['_EXECSERVICE']._serialized_start=2111
-  _globals['_EXECSERVICE']._serialized_end=2198
+  _globals['_STREAM']._serialized_start=2161
+  _globals['_STREAM']._serialized_end=2231
+  _globals['_EXITREASON']._serialized_start=2234
+  _globals['_EXITREASON']._serialized_end=2524
+  _globals['_EXECUTEREQUEST']._serialized_start=105
+  _globals['_EXECUTEREQUEST']._serialized_end=338
+  _globals['_APPROVALDECISION']._serialized_start=340
+  _globals['_APPROVALDECISION']._serialized_end=433
+  _globals['_STARTCALL']._serialized_start=436
+  _globals['_STARTCALL']._serialized_end=760
+  _globals['_STARTCALL_ARGUMENTSENTRY']._serialized_start=668
+  _globals['_STARTCALL_ARGUMENTSENTRY']._serialized_end=716
+  _globals['_STARTCALL_ENVENTRY']._serialized_start=718
+  _globals['_STARTCALL_ENVENTRY']._serialized_end=760
+  _globals['_CLOSESTDIN']._serialized_start=762
+  _globals['_CLOSESTDIN']._serialized_end=774
+  _globals['_SENDSIGNAL']._serialized_start=776
+  _globals['_SENDSIGNAL']._serialized_end=804
+  _globals['_EXECUTERESPONSE']._serialized_start=807
+  _globals['_EXECUTERESPONSE']._serialized_end=1017
+  _globals['_APPROVALREQUEST']._serialized_start=1020
+  _globals['_APPROVALREQUEST']._serialized_end=1195
+  _globals['_ACCEPTED']._serialized_start=1197
+  _globals['_ACCEPTED']._serialized_end=1256
+  _globals['_PLAN']._serialized_start=1259
+  _globals['_PLAN']._serialized_end=1436
+  _globals['_SANDBOX']._serialized_start=1438
+  _globals['_SANDBOX']._serialized_end=1536
+  _globals['_LIMITS']._serialized_start=1539
+  _globals['_LIMITS']._serialized_end=1750
+  _globals['_OUTPUT']._serialized_start=1752
+  _globals['_OUTPUT']._serialized_end=1827
+  _globals['_EXIT']._serialized_start=1830
+  _globals['_EXIT']._serialized_end=2159
+  _globals['_EXECSERVICE']._serialized_start=2526
+  _globals['_EXECSERVICE']._serialized_end=2613
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -98,6 +99,7 @@ class ExecuteRequest(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     CLOSE_STDIN_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
     stdin: _builtins.bytes
     """Bytes for the command's stdin (only when `start.stdin` was set)."""
     @_builtins.property
@@ -112,6 +114,10 @@ class ExecuteRequest(_message.Message):
     def signal(self) -> Global___SendSignal:
         """Sends a signal to the command's process group."""
 
+    @_builtins.property
+    def approval(self) -> Global___ApprovalDecision:
+        """Decides this call's pending approval (when the policy lets callers approve their own)."""
+
     def __init__(
         self,
         *,
@@ -119,16 +125,49 @@ class ExecuteRequest(_message.Message):
         stdin: _builtins.bytes = ...,
         close_stdin: Global___CloseStdin | None = ...,
         signal: Global___SendSignal | None = ...,
+        approval: Global___ApprovalDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_stdin", b"close_stdin", "request", b"request", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "close_stdin", b"close_stdin", "request", b"request", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_stdin", b"close_stdin", "request", b"request", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "close_stdin", b"close_stdin", "request", b"request", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["start", "stdin", "close_stdin", "signal"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["start", "stdin", "close_stdin", "signal", "approval"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 
 Global___ExecuteRequest: _TypeAlias = ExecuteRequest  # noqa: Y015
+
+@_typing.final
+class ApprovalDecision(_message.Message):
+    """ApprovalDecision approves or denies one pending approval, once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PLAN_DIGEST_FIELD_NUMBER: _builtins.int
+    approval_id: _builtins.str
+    approve: _builtins.bool
+    reason: _builtins.str
+    """Why, for a denial; shown to the caller and audited."""
+    plan_digest: _builtins.str
+    """The plan_digest of the request decided: a decision binds to the exact plan shown."""
+    def __init__(
+        self,
+        *,
+        approval_id: _builtins.str = ...,
+        approve: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        plan_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "approve", b"approve", "plan_digest", b"plan_digest", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalDecision: _TypeAlias = ApprovalDecision  # noqa: Y015
 
 @_typing.final
 class StartCall(_message.Message):
@@ -278,6 +317,7 @@ class ExecuteResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUEST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accepted(self) -> Global___Accepted:
         """The call passed the policy and is running."""
@@ -290,22 +330,73 @@ class ExecuteResponse(_message.Message):
     def exit(self) -> Global___Exit:
         """The call ended. Always the last message."""
 
+    @_builtins.property
+    def approval_request(self) -> Global___ApprovalRequest:
+        """The call waits for a human: nothing runs until it is approved."""
+
     def __init__(
         self,
         *,
         accepted: Global___Accepted | None = ...,
         output: Global___Output | None = ...,
         exit: Global___Exit | None = ...,
+        approval_request: Global___ApprovalRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "exit", b"exit", "output", b"output", "response", b"response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "approval_request", b"approval_request", "exit", b"exit", "output", b"output", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "exit", b"exit", "output", b"output", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "approval_request", b"approval_request", "exit", b"exit", "output", b"output", "response", b"response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["accepted", "output", "exit"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["accepted", "output", "exit", "approval_request"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 
 Global___ExecuteResponse: _TypeAlias = ExecuteResponse  # noqa: Y015
+
+@_typing.final
+class ApprovalRequest(_message.Message):
+    """ApprovalRequest is what a human decides on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    PLAN_DIGEST_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    approval_id: _builtins.str
+    """128 random bits, hex; valid for one decision, until expires_at."""
+    prompt: _builtins.str
+    """The policy's approval_prompt, with every substituted value escaped (no control, ANSI,
+    bidi or zero-width characters): what a human reads is what will run.
+    """
+    plan_digest: _builtins.str
+    """SHA-256 of the plan; a decision must name it."""
+    requester: _builtins.str
+    """Who asked."""
+    @_builtins.property
+    def plan(self) -> Global___Plan:
+        """Exactly what runs if approved."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        approval_id: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        plan: Global___Plan | None = ...,
+        plan_digest: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "expires_at", b"expires_at", "plan", b"plan", "plan_digest", b"plan_digest", "prompt", b"prompt", "requester", b"requester"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRequest: _TypeAlias = ApprovalRequest  # noqa: Y015
 
 @_typing.final
 class Accepted(_message.Message):
