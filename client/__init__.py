@@ -20,6 +20,9 @@ from execgate.client._exceptions import (
 )
 from execgate.client._models import (
     AgentInfo,
+    ApprovalDecision,
+    ApprovalRequested,
+    ApprovalResolved,
     Event,
     Exited,
     ExitReason,
@@ -34,7 +37,10 @@ from execgate.client._models import (
 
 __all__ = [
     "AgentInfo",
+    "ApprovalDecision",
     "ApprovalDeniedError",
+    "ApprovalRequested",
+    "ApprovalResolved",
     "AsyncClient",
     "AuthenticationError",
     "Client",

@@ -7,8 +7,20 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+import queue
+import threading
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +30,9 @@ from execgate.client._exceptions import ProtocolError, from_rpc_error
 from execgate.client._local import read_local_token
 from execgate.client._models import (
     AgentInfo,
+    ApprovalDecision,
+    ApprovalRequested,
+    ApprovalResolved,
     Event,
     Exited,
     ExitReason,
@@ -29,7 +44,14 @@ from execgate.client._models import (
     TLSConfig,
     ToolInfo,
 )
-from execgate.v1 import agents_pb2, agents_pb2_grpc, exec_pb2, exec_pb2_grpc
+from execgate.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    approvals_pb2,
+    approvals_pb2_grpc,
+    exec_pb2,
+    exec_pb2_grpc,
+)
 
 DEFAULT_TARGET = "127.0.0.1:7878"
 STDIN_CHUNK = 64 * 1024
@@ -74,6 +96,27 @@ def _seconds(d: Any) -> float:
     return float(d.seconds + d.nanos / 1e9)
 
 
+def to_plan(p: exec_pb2.Plan) -> Plan:
+    """A plan message as a Plan."""
+    s, lim = p.sandbox, p.limits
+    return Plan(
+        agent=p.agent, tool=p.tool, executable=p.executable, argv=tuple(p.argv), cwd=p.cwd,
+        env_names=tuple(p.env_names), timeout=_seconds(lim.timeout),
+        output_limit_bytes=lim.output_limit_bytes,
+        sandbox=Sandbox(filesystem=s.filesystem, namespaces=s.namespaces, cgroup=s.cgroup,
+                        network=s.network, run_as=s.run_as) if p.HasField("sandbox") else None,
+        cpu_time=_seconds(lim.cpu_time) if lim.HasField("cpu_time") else None,
+        memory_bytes=lim.memory_bytes, processes=lim.processes, open_files=lim.open_files,
+        file_size_bytes=lim.file_size_bytes)
+
+
+def to_approval(r: exec_pb2.ApprovalRequest) -> ApprovalRequested:
+    """An approval request message as an event."""
+    return ApprovalRequested(approval_id=r.approval_id, prompt=r.prompt, plan=to_plan(r.plan),
+                             plan_digest=r.plan_digest, requester=r.requester,
+                             expires_at=r.expires_at.ToNanoseconds() / 1e9)
+
+
 def to_event(response: exec_pb2.ExecuteResponse) -> Event:
     """One daemon message as a client event."""
     kind = response.WhichOneof("response")
@@ -81,18 +124,9 @@ def to_event(response: exec_pb2.ExecuteResponse) -> Event:
         o = response.output
         return OutputChunk(_STREAMS.get(o.stream, "stdout"), o.offset, o.data)
     if kind == "accepted":
-        p = response.accepted.plan
-        s, lim = p.sandbox, p.limits
-        return Started(response.accepted.run_id, Plan(
-            agent=p.agent, tool=p.tool, executable=p.executable, argv=tuple(p.argv), cwd=p.cwd,
-            env_names=tuple(p.env_names), timeout=_seconds(lim.timeout),
-            output_limit_bytes=lim.output_limit_bytes,
-            sandbox=Sandbox(filesystem=s.filesystem, namespaces=s.namespaces, cgroup=s.cgroup,
-                            network=s.network, run_as=s.run_as)
-            if p.HasField("sandbox") else None,
-            cpu_time=_seconds(lim.cpu_time) if lim.HasField("cpu_time") else None,
-            memory_bytes=lim.memory_bytes, processes=lim.processes, open_files=lim.open_files,
-            file_size_bytes=lim.file_size_bytes))
+        return Started(response.accepted.run_id, to_plan(response.accepted.plan))
+    if kind == "approval_request":
+        return to_approval(response.approval_request)
     if kind == "exit":
         e = response.exit
         return Exited(
@@ -103,6 +137,15 @@ def to_event(response: exec_pb2.ExecuteResponse) -> Event:
             stdout_bytes=e.stdout_bytes, stderr_bytes=e.stderr_bytes,
             dropped_bytes=e.dropped_bytes)
     raise ProtocolError(f"unexpected message from the daemon: {kind}")
+
+
+def to_watch_event(response: approvals_pb2.WatchApprovalsResponse,
+                   ) -> ApprovalRequested | ApprovalResolved:
+    """A WatchApprovals message as an event."""
+    if response.WhichOneof("event") == "pending":
+        return to_approval(response.pending)
+    r = response.resolved
+    return ApprovalResolved(approval_id=r.approval_id, outcome=r.outcome, decider=r.decider)
 
 
 class _Collector:
@@ -118,7 +161,7 @@ class _Collector:
             self.started = event
         elif isinstance(event, OutputChunk):
             self.out[event.stream].append(event.data)
-        else:
+        elif isinstance(event, Exited):
             self.exited = event
 
     def result(self) -> RunResult:
@@ -139,6 +182,27 @@ def to_agents(response: agents_pb2.ListAgentsResponse) -> list[AgentInfo]:
             for a in response.agents]
 
 
+Answer = bool | ApprovalDecision | None
+"""An on_approval callback's answer: approve, deny, deny with a reason, or leave it to an
+approver (None)."""
+OnApproval = Callable[[ApprovalRequested], Answer]
+AsyncOnApproval = Callable[[ApprovalRequested], Answer | Awaitable[Answer]]
+
+
+def deny_without_a_callback(request: ApprovalRequested) -> ApprovalDecision:
+    """What happens to an approval request when the caller gave no ``on_approval``."""
+    return ApprovalDecision(False, "the client had no on_approval callback")
+
+
+def decision_message(request: ApprovalRequested,
+                     answer: bool | ApprovalDecision) -> exec_pb2.ExecuteRequest:
+    """A callback's answer as the decision message, bound to the plan shown."""
+    decision = answer if isinstance(answer, ApprovalDecision) else ApprovalDecision(answer)
+    return exec_pb2.ExecuteRequest(approval=exec_pb2.ApprovalDecision(
+        approval_id=request.approval_id, approve=decision.approve, reason=decision.reason,
+        plan_digest=request.plan_digest))
+
+
 def _chunks(data: bytes) -> Iterator[bytes]:
     for i in range(0, len(data), STDIN_CHUNK):
         yield data[i:i + STDIN_CHUNK]
@@ -157,6 +221,7 @@ class Client:
             if tls else grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS))
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
+        self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -180,44 +245,84 @@ class Client:
     def stream(self, argv: Sequence[str] | None = None, *, agent: str = "", tool: str = "",
                arguments: Mapping[str, str] | None = None, cwd: str = "",
                env: Mapping[str, str] | None = None, timeout: float | None = None,
-               stdin: bytes | Iterable[bytes] | None = None) -> Iterator[Event]:
-        """Run a call and yield its events as they come: Started, OutputChunks, Exited."""
-        first = start_request(argv, agent, tool, arguments, cwd, env, timeout, stdin is not None)
+               stdin: bytes | Iterable[bytes] | None = None,
+               on_approval: OnApproval | None = None) -> Iterator[Event]:
+        """Run a call and yield its events as they come: Started, OutputChunks, Exited, and
+        ApprovalRequested when the policy asks a human (``on_approval`` answers: True, False,
+        an ApprovalDecision, or None to leave it to an approver; no callback denies)."""
+        decide = on_approval or deny_without_a_callback
+        # The request stream stays open for the whole call: a decision may have to follow.
+        outbox: queue.Queue[exec_pb2.ExecuteRequest | None] = queue.Queue()
+        outbox.put(start_request(argv, agent, tool, arguments, cwd, env, timeout,
+                                 stdin is not None))
 
-        def requests() -> Iterator[exec_pb2.ExecuteRequest]:
-            yield first
-            if stdin is not None:
-                for chunk in _chunks(stdin) if isinstance(stdin, bytes) else stdin:
-                    yield exec_pb2.ExecuteRequest(stdin=chunk)
-                yield exec_pb2.ExecuteRequest(close_stdin=exec_pb2.CloseStdin())
+        def feed(chunks: Iterable[bytes]) -> None:
+            for chunk in chunks:
+                outbox.put(exec_pb2.ExecuteRequest(stdin=chunk))
+            outbox.put(exec_pb2.ExecuteRequest(close_stdin=exec_pb2.CloseStdin()))
 
-        call = self._exec.Execute(requests(), metadata=self._metadata)
+        if isinstance(stdin, bytes):
+            feed(_chunks(stdin))
+        elif stdin is not None:  # an iterable may block (a terminal): read it on the side
+            threading.Thread(target=feed, args=(stdin,), daemon=True).start()
+
+        call = self._exec.Execute(iter(outbox.get, None), metadata=self._metadata)
         try:
             for response in call:
-                yield to_event(response)
+                event = to_event(response)
+                if isinstance(event, ApprovalRequested):
+                    answer = decide(event)
+                    if answer is not None:
+                        outbox.put(decision_message(event, answer))
+                yield event
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
+            outbox.put(None)
             call.cancel()  # no-op once finished; kills the run if the caller stopped reading
 
     def run(self, argv: Sequence[str], *, agent: str = "", tool: str = "", cwd: str = "",
             env: Mapping[str, str] | None = None, timeout: float | None = None,
-            stdin: bytes | Iterable[bytes] | None = None) -> RunResult:
+            stdin: bytes | Iterable[bytes] | None = None,
+            on_approval: OnApproval | None = None) -> RunResult:
         """Run a command tool and wait for it."""
         collector = _Collector()
         for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
-                                 timeout=timeout, stdin=stdin):
+                                 timeout=timeout, stdin=stdin, on_approval=on_approval):
             collector.add(event)
         return collector.result()
 
     def call(self, tool: str, *, agent: str = "", timeout: float | None = None,
-             **arguments: str) -> RunResult:
+             on_approval: OnApproval | None = None, **arguments: str) -> RunResult:
         """Call a function tool (read_file, write_file, list_directory, grep_search)."""
         collector = _Collector()
         for event in self.stream(None, agent=agent, tool=tool, arguments=arguments,
-                                 timeout=timeout):
+                                 timeout=timeout, on_approval=on_approval):
             collector.add(event)
         return collector.result()
+
+    def watch_approvals(self) -> Iterator[ApprovalRequested | ApprovalResolved]:
+        """Pending approvals this caller may decide (those waiting first), then news."""
+        call = self._approvals.WatchApprovals(approvals_pb2.WatchApprovalsRequest(),
+                                              metadata=self._metadata)
+        try:
+            for response in call:
+                yield to_watch_event(response)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    def decide_approval(self, request: ApprovalRequested, approve: bool,
+                        reason: str = "") -> None:
+        """Approve or deny ``request`` (as watched), bound to the plan it showed."""
+        try:
+            self._approvals.DecideApproval(approvals_pb2.DecideApprovalRequest(
+                decision=decision_message(request, ApprovalDecision(approve, reason)).approval),
+                metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
 
 
 class AsyncClient:
@@ -256,8 +361,13 @@ class AsyncClient:
     async def stream(self, argv: Sequence[str] | None = None, *, agent: str = "",
                      tool: str = "", arguments: Mapping[str, str] | None = None, cwd: str = "",
                      env: Mapping[str, str] | None = None, timeout: float | None = None,
-                     stdin: bytes | AsyncIterable[bytes] | None = None) -> AsyncIterator[Event]:
-        """Run a call and yield its events as they come: Started, OutputChunks, Exited."""
+                     stdin: bytes | AsyncIterable[bytes] | None = None,
+                     on_approval: AsyncOnApproval | None = None) -> AsyncIterator[Event]:
+        """Run a call and yield its events as they come: Started, OutputChunks, Exited, and
+        ApprovalRequested when the policy asks a human (``on_approval``, sync or async,
+        answers: True, False, an ApprovalDecision, or None to leave it to an approver; no
+        callback denies)."""
+        decide = on_approval or deny_without_a_callback
         call = self._exec.Execute(metadata=self._metadata)
         try:
             await call.write(start_request(argv, agent, tool, arguments, cwd, env, timeout,
@@ -270,9 +380,15 @@ class AsyncClient:
                     await call.write(exec_pb2.ExecuteRequest(stdin=chunk))
             if stdin is not None:
                 await call.write(exec_pb2.ExecuteRequest(close_stdin=exec_pb2.CloseStdin()))
-            await call.done_writing()
             async for response in call:
-                yield to_event(response)
+                event = to_event(response)
+                if isinstance(event, ApprovalRequested):
+                    answer = decide(event)
+                    if inspect.isawaitable(answer):
+                        answer = await answer
+                    if answer is not None:
+                        await call.write(decision_message(event, answer))
+                yield event
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
@@ -281,11 +397,12 @@ class AsyncClient:
     async def run(self, argv: Sequence[str], *, agent: str = "", tool: str = "",
                   cwd: str = "", env: Mapping[str, str] | None = None,
                   timeout: float | None = None,
-                  stdin: bytes | AsyncIterable[bytes] | None = None) -> RunResult:
+                  stdin: bytes | AsyncIterable[bytes] | None = None,
+                  on_approval: AsyncOnApproval | None = None) -> RunResult:
         """Run a command tool and wait for it."""
         collector = _Collector()
         async for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
-                                       timeout=timeout, stdin=stdin):
+                                       timeout=timeout, stdin=stdin, on_approval=on_approval):
             collector.add(event)
         return collector.result()
 

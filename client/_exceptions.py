@@ -81,6 +81,7 @@ class ProtocolError(ExecgateError):
 _BY_ERROR: dict[str, type[RPCError]] = {
     "policy_denied": PolicyDeniedError,
     "approval_denied": ApprovalDeniedError,
+    "approval_expired": ApprovalDeniedError,
     "command_not_found": CommandNotFoundError,
 }
 _BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {

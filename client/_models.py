@@ -125,7 +125,39 @@ class Exited:
     dropped_bytes: int
 
 
-Event = Started | OutputChunk | Exited
+@dataclass(frozen=True)
+class ApprovalRequested:
+    """The call waits for a human decision; nothing runs until it is approved."""
+
+    approval_id: str
+    prompt: str
+    """The policy's question, with every substituted value escaped."""
+    plan: Plan
+    """Exactly what runs if approved."""
+    plan_digest: str
+    requester: str
+    expires_at: float
+    """Wall-clock seconds."""
+
+
+@dataclass(frozen=True)
+class ApprovalResolved:
+    """A pending approval was decided, expired or withdrawn (``watch_approvals``)."""
+
+    approval_id: str
+    outcome: str
+    decider: str
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    """What an ``on_approval`` callback may return when it wants to give a reason."""
+
+    approve: bool
+    reason: str = ""
+
+
+Event = Started | OutputChunk | Exited | ApprovalRequested
 
 
 @dataclass(frozen=True)
