@@ -3,6 +3,11 @@
     execgate run [--agent A] [--tool T] [--cwd DIR] [--timeout S] [--env K=V] [-i] -- ARGV...
     execgate call TOOL [NAME=VALUE ...]
     execgate agents
+    execgate approvals watch | approve ID | deny ID [--reason TEXT]
+
+A call the policy wants a human to approve asks on the terminal ("Allow ...? [y/N]") when
+there is one, and is denied otherwise, unless --wait-for-approver leaves it to someone
+running ``execgate approvals``.
 
 Exit status of ``run`` and ``call``: the command's own; 128+N when it was killed by signal N;
 124 on timeout; 126 when the policy refused the call; 127 when an allowed command is not on
@@ -15,10 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from execgate.client._client import Client
+from execgate.client._client import Client, OnApproval
 from execgate.client._exceptions import (
     ApprovalDeniedError,
     AuthenticationError,
@@ -27,7 +33,16 @@ from execgate.client._exceptions import (
     PermissionDeniedError,
     RPCError,
 )
-from execgate.client._models import Event, Exited, ExitReason, OutputChunk, TLSConfig
+from execgate.client._models import (
+    ApprovalDecision,
+    ApprovalRequested,
+    ApprovalResolved,
+    Event,
+    Exited,
+    ExitReason,
+    OutputChunk,
+    TLSConfig,
+)
 
 EXIT_TIMEOUT = 124
 EXIT_EXECGATE = 125
@@ -56,6 +71,8 @@ def _copy(events: Iterator[Event]) -> int:
     """Copy output byte-exact to our own stdout/stderr; return the exit status."""
     sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     for event in events:
+        if isinstance(event, ApprovalRequested):
+            continue  # answered by the on_approval callback
         if isinstance(event, OutputChunk):
             sink = sinks[event.stream]
             sink.write(event.data)
@@ -81,6 +98,59 @@ def error_status(exc: ExecgateError) -> tuple[int, str]:
     if isinstance(exc, RPCError):
         return EXIT_EXECGATE, f"{exc.status.name.lower()}: {exc}"
     return EXIT_EXECGATE, str(exc)
+
+
+def ask_on_terminal(wait_for_approver: bool) -> OnApproval:
+    """The CLI's answer to an approval request: ask the person at the terminal."""
+
+    def answer(request: ApprovalRequested) -> bool | ApprovalDecision | None:
+        try:
+            if not sys.stdin.isatty():
+                raise OSError("stdin is not a terminal")
+            tty = open("/dev/tty", "r+")  # noqa: SIM115 - closed below
+        except (OSError, ValueError):
+            if wait_for_approver:
+                print(f"execgate: waiting for an approver: {request.prompt} "
+                      f"(id {request.approval_id})", file=sys.stderr, flush=True)
+                return None
+            return ApprovalDecision(False, "no terminal to ask, and no --wait-for-approver")
+        with tty:
+            print(f"{request.prompt}\n  runs: {request.plan.executable} "
+                  f"{' '.join(request.plan.argv[1:])}\n  in:   {request.plan.cwd}",
+                  file=tty)
+            tty.write(f"{request.prompt.splitlines()[0]} [y/N] ")
+            tty.flush()
+            reply = tty.readline().strip().lower()
+        if reply in ("y", "yes"):
+            return True
+        return ApprovalDecision(False, "declined at the terminal")
+
+    return answer
+
+
+def _approvals(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "watch":
+        for event in client.watch_approvals():
+            if isinstance(event, ApprovalRequested):
+                print(f"pending {event.approval_id} from {event.requester}: {event.prompt}\n"
+                      f"  runs: {event.plan.executable} {' '.join(event.plan.argv[1:])}\n"
+                      f"  in:   {event.plan.cwd}\n  expires: "
+                      f"{time.strftime('%H:%M:%S', time.localtime(event.expires_at))}",
+                      flush=True)
+            else:
+                print(f"{event.outcome} {event.approval_id}"
+                      + (f" by {event.decider}" if event.decider else ""), flush=True)
+        return 0
+    # Decide only what was shown: find the request, with its plan and digest, first.
+    for event in client.watch_approvals():
+        if isinstance(event, ApprovalRequested) and event.approval_id == args.id:
+            client.decide_approval(event, args.action == "approve", args.reason)
+            print(f"{args.action}d {event.approval_id}: {event.prompt}")
+            return 0
+        if isinstance(event, ApprovalResolved) and event.approval_id == args.id:
+            break
+    print(f"execgate: no pending approval {args.id} that you may decide", file=sys.stderr)
+    return EXIT_EXECGATE
 
 
 def _parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
@@ -112,12 +182,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="seconds (at most the tool's maximum)")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     run.add_argument("-i", "--stdin", action="store_true", help="forward our stdin")
+    run.add_argument("--wait-for-approver", action="store_true",
+                     help="without a terminal, wait for an approver instead of denying")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command and arguments")
     call = commands.add_parser("call", parents=[common], help="call a function tool")
     call.add_argument("tool")
     call.add_argument("arguments", nargs="*", metavar="NAME=VALUE")
     call.add_argument("--timeout", type=float)
     commands.add_parser("agents", parents=[common], help="list the agents you can see")
+    approvals = commands.add_parser("approvals", parents=[common],
+                                    help="watch and decide approval requests")
+    actions = approvals.add_subparsers(dest="action", required=True)
+    actions.add_parser("watch", help="print pending requests as they come")
+    for action in ("approve", "deny"):
+        decide = actions.add_parser(action, help=f"{action} a pending request")
+        decide.add_argument("id")
+        decide.add_argument("--reason", default="")
     return parser
 
 
@@ -133,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
                     tools = ", ".join(f"{t.name} ({t.type})" for t in agent.tools)
                     print(f"{agent.name}\t{agent.visibility}\t{tools}")
                 return 0
+            if args.command == "approvals":
+                return _approvals(client, args)
             if args.command == "call":
                 return _copy(client.stream(None, agent=args.agent, tool=args.tool,
                                            arguments=_parse_pairs(args.arguments, "argument"),
-                                           timeout=args.timeout))
+                                           timeout=args.timeout,
+                                           on_approval=ask_on_terminal(False)))
             command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
             if not command:
                 print("execgate: give the command after --, e.g. execgate run -- ls -l",
@@ -145,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             return _copy(client.stream(
                 command, agent=args.agent, tool=args.tool, cwd=args.cwd,
                 env=_parse_pairs(args.env, "--env"), timeout=args.timeout,
-                stdin=_stdin_chunks(sys.stdin.buffer) if args.stdin else None))
+                stdin=_stdin_chunks(sys.stdin.buffer) if args.stdin else None,
+                on_approval=ask_on_terminal(args.wait_for_approver)))
     except ExecgateError as exc:
         status, message = error_status(exc)
         print(f"execgate: {message}", file=sys.stderr)
