@@ -107,20 +107,21 @@ def ask_on_terminal(wait_for_approver: bool) -> OnApproval:
         try:
             if not sys.stdin.isatty():
                 raise OSError("stdin is not a terminal")
-            tty = open("/dev/tty", "r+")  # noqa: SIM115 - closed below
-        except (OSError, ValueError):
+            # Two handles: a terminal is not seekable, which a text "r+" file requires.
+            tty_in = open("/dev/tty")  # noqa: SIM115 - closed below
+            tty = open("/dev/tty", "w")  # noqa: SIM115 - closed below
+        except OSError:
             if wait_for_approver:
                 print(f"execgate: waiting for an approver: {request.prompt} "
                       f"(id {request.approval_id})", file=sys.stderr, flush=True)
                 return None
             return ApprovalDecision(False, "no terminal to ask, and no --wait-for-approver")
-        with tty:
-            print(f"{request.prompt}\n  runs: {request.plan.executable} "
-                  f"{' '.join(request.plan.argv[1:])}\n  in:   {request.plan.cwd}",
-                  file=tty)
-            tty.write(f"{request.prompt.splitlines()[0]} [y/N] ")
+        with tty_in, tty:
+            print(f"  runs: {request.plan.executable} {' '.join(request.plan.argv[1:])}\n"
+                  f"  in:   {request.plan.cwd}", file=tty)
+            tty.write(f"{request.prompt} [y/N] ")
             tty.flush()
-            reply = tty.readline().strip().lower()
+            reply = tty_in.readline().strip().lower()
         if reply in ("y", "yes"):
             return True
         return ApprovalDecision(False, "declined at the terminal")

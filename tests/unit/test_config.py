@@ -213,3 +213,21 @@ def test_execgated_hash_key_prints_the_digest() -> None:
                             input="s3cret\n", capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == (
         "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0")
+
+
+def test_an_unknown_prompt_placeholder_is_a_load_time_error() -> None:
+    found = problems("tools:\n  w:\n    type: function\n    handler: write_file\n"
+                     "    require_approval: true\n    approval_prompt: 'Write {fiel}?'\n")
+    assert found[0].startswith("tools.w.approval_prompt: unknown placeholder(s) {fiel}")
+    assert "{file}" in found[0]
+
+
+def test_require_approval_for_is_for_command_tools() -> None:
+    found = problems("tools:\n  w:\n    type: function\n    handler: read_file\n"
+                     "    require_approval_for: [cat]\n")
+    assert "command tools only" in found[0]
+
+
+def test_the_production_example_now_needs_only_rate_limiting_to_serve() -> None:
+    security, _ = unenforced(load_policy(PRODUCTION).config)
+    assert security == ["server.rate_limiting: rate limiting is not enforced yet"]
