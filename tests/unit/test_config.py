@@ -227,7 +227,3 @@ def test_require_approval_for_is_for_command_tools() -> None:
                      "    require_approval_for: [cat]\n")
     assert "command tools only" in found[0]
 
-
-def test_the_production_example_now_needs_only_rate_limiting_to_serve() -> None:
-    security, _ = unenforced(load_policy(PRODUCTION).config)
-    assert security == ["server.rate_limiting: rate limiting is not enforced yet"]
