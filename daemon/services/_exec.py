@@ -174,7 +174,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         reader = asyncio.create_task(control.read(requests))
         try:
             if prompt is not None:
-                await self._ask(context, control, principal, plan, prompt, layers)
+                await self._ask(context, control, reader, principal, plan, prompt, layers)
             await self._run(context, control, reader, principal, call, plan)
         except Denial as denial:
             await abort(context, denial)
@@ -184,14 +184,25 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                 await reader
 
     async def _ask(self, context: grpc.aio.ServicerContext, control: _Control,
-                   principal: Principal, plan: Plan, prompt: str,
+                   reader: asyncio.Task[None], principal: Principal, plan: Plan, prompt: str,
                    layers: Layers | None) -> None:
-        """The policy's ask: the call waits for a decision; raises Denial unless approved."""
+        """The policy's ask: the call waits for a decision; raises Denial unless approved.
+        A caller that breaks the protocol meanwhile ends the wait (and the request)."""
         pending = self._approvals.open(principal, plan, prompt)
         control.pending = pending
         await context.write(exec_pb2.ExecuteResponse(
             approval_request=_convert.approval_request(pending, layers)))
-        await self._approvals.wait(pending)
+        decision = asyncio.ensure_future(self._approvals.wait(pending))
+        try:
+            await asyncio.wait({decision, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not decision.done() and reader.done() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+            await decision
+        finally:
+            if not decision.done():  # the caller went away or broke the protocol: withdraw
+                decision.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Denial):
+                    await decision
 
     async def _run(self, context: grpc.aio.ServicerContext, control: _Control,
                    reader: asyncio.Task[None], principal: Principal, call: ToolCall,

@@ -149,7 +149,7 @@ def test_the_caller_going_away_withdraws_the_request(daemon: Daemon) -> None:
         events = c.stream(["touch", "gone.txt"], agent="dev", on_approval=lambda r: None)
         request = next(e for e in events if isinstance(e, ApprovalRequested))
         events.close()
-    daemon.audit("approval.cancelled", approval_id=request.approval_id)
+    assert daemon.audit("approval.cancelled", approval_id=request.approval_id)
     with Client(daemon.target, token=APPROVER_KEY) as approver, pytest.raises(NotFoundError):
         approver.decide_approval(request, True)
     assert not (daemon.workspace / "gone.txt").exists()
@@ -230,7 +230,7 @@ def test_a_decision_for_another_streams_request_is_refused(daemon: Daemon) -> No
             assert first.WhichOneof("response") == "approval_request"
             outbox.put(exec_pb2.ExecuteRequest(approval=exec_pb2.ApprovalDecision(
                 approval_id=victim.approval_id, approve=True, plan_digest=victim.plan_digest)))
-            daemon.audit("approval.refused", approval_id=victim.approval_id)
+            assert daemon.audit("approval.refused", approval_id=victim.approval_id)
             outbox.put(None)
             call.cancel()
         with Client(daemon.target, token=APPROVER_KEY) as approver:
@@ -246,7 +246,7 @@ def test_four_eyes_refuses_self_approval_and_runs_on_an_approvers(tmp_path: Path
             thread, out = in_background(lambda: c.run(["touch", "four-eyes.txt"], agent="dev",
                                                        on_approval=lambda r: True))
             request = wait_for_pending(d, "four-eyes.txt")
-            d.audit("approval.refused", rule="approvals.allow_self_approval")
+            assert d.audit("approval.refused", rule="approvals.allow_self_approval")
             assert not (d.workspace / "four-eyes.txt").exists()
             with Client(d.target, token=APPROVER_KEY) as approver:
                 approver.decide_approval(request, True)
@@ -370,3 +370,22 @@ def test_the_approvals_cli_approves_a_waiting_call(daemon: Daemon) -> None:
     caller.stdout.close()  # type: ignore[union-attr]
     caller.stderr.close()  # type: ignore[union-attr]
     assert (daemon.workspace / "via-cli.txt").exists()
+
+
+def test_a_second_start_while_pending_ends_the_call_and_withdraws_it(daemon: Daemon) -> None:
+    with grpc.insecure_channel(daemon.target) as channel:
+        stub = exec_pb2_grpc.ExecServiceStub(channel)
+        start = exec_pb2.ExecuteRequest(start=exec_pb2.StartCall(
+            agent="dev", argv=["touch", "second-start.txt"]))
+        outbox: queue.Queue[exec_pb2.ExecuteRequest | None] = queue.Queue()
+        outbox.put(start)
+        call = stub.Execute(iter(outbox.get, None),
+                            metadata=(("authorization", f"Bearer {API_KEY}"),))
+        request = next(call).approval_request
+        outbox.put(start)
+        with pytest.raises(grpc.RpcError) as info:
+            next(call)
+        outbox.put(None)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert daemon.audit("approval.cancelled", approval_id=request.approval_id)
+    assert not (daemon.workspace / "second-start.txt").exists()
