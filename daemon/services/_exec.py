@@ -1,6 +1,8 @@
 """ExecService: one tool call, a straight line from the first message to the exit.
 
-identity (interceptor) -> access -> limits -> policy -> sandbox -> stream -> audit.
+identity (interceptor) -> access -> policy -> approval -> limits -> sandbox -> stream, each
+step audited. Run slots are taken after approval, so that a call waiting minutes for a
+person holds no slot.
 """
 
 from __future__ import annotations
@@ -65,12 +67,10 @@ class _Control:
     waits, then stdin, stdin close and signals for the run. stdin that arrives before the
     run exists is held (bounded) and handed over when it starts."""
 
-    def __init__(self, call: ToolCall, principal: Principal, approvals: Approvals,
-                 audit: Audit) -> None:
+    def __init__(self, call: ToolCall, principal: Principal, approvals: Approvals) -> None:
         self._call = call
         self._principal = principal
         self._approvals = approvals
-        self._audit = audit
         self.pending: Pending | None = None
         self._run: Run | None = None
         self._early: list[bytes] = []
@@ -170,7 +170,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         except Denial as denial:
             self._audit.denied(principal, call, denial)
             await abort(context, denial)
-        control = _Control(call, principal, self._approvals, self._audit)
+        control = _Control(call, principal, self._approvals)
         reader = asyncio.create_task(control.read(requests))
         try:
             if prompt is not None:
