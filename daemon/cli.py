@@ -69,13 +69,10 @@ def _check_config(path: Path) -> int:
         for problem in exc.problems:
             print(f"  error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    security, other = unenforced(loaded.config)
     for warning in loaded.warnings:
         print(f"  warning: {warning}")
-    for item in other:
+    for item in unenforced(loaded.config):
         print(f"  not enforced: {item}")
-    for item in security:
-        print(f"  not enforced (serve refuses to start): {item}")
     print(f"{path}: valid")
     return 0
 
@@ -151,15 +148,8 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
             source=loaded.source, warnings=loaded.warnings)
     configure_logging(loaded.config.logger)
     log = structlog.get_logger()
-    security, other = unenforced(loaded.config)
-    for warning in (*loaded.warnings, *other):
+    for warning in (*loaded.warnings, *unenforced(loaded.config)):
         log.warning("config", warning=warning)
-    if security:
-        for item in security:
-            print(f"execgated: refusing to start: {item}", file=sys.stderr)
-        print("execgated: remove these settings, or run a release that enforces them",
-              file=sys.stderr)
-        return EXIT_CONFIG
     addresses = listeners(loaded.config, listen)
 
     def ready(bound: list[str]) -> None:

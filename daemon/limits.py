@@ -1,8 +1,21 @@
-"""Limits: how many runs the daemon carries at once."""
+"""Limits: how many calls the daemon takes, from whom, and how many it runs at once.
+
+Rate limiting is the guide's ``server.rate_limiting``: a token bucket that refills at
+``requests_per_minute`` and holds ``burst`` calls, one for the whole daemon or, with
+``per_user``, one per principal (anonymous callers share one). A call over the limit is
+refused with RESOURCE_EXHAUSTED and the time to wait; it is never queued.
+"""
 
 from __future__ import annotations
 
-from execgate.daemon.model import Denial, DenialKind
+import time
+from collections.abc import Callable
+
+from execgate.daemon.config import RateLimitConfig
+from execgate.daemon.model import Denial, DenialKind, Principal
+
+MAX_BUCKETS = 100_000
+"""Principals remembered at once; the idlest (full) buckets are forgotten first."""
 
 
 class RunSlots:
@@ -28,3 +41,41 @@ class RunSlots:
     def used(self) -> int:
         """Runs in progress."""
         return self._used
+
+
+class RateLimiter:
+    """Token buckets: ``check`` takes one token or refuses the call."""
+
+    def __init__(self, config: RateLimitConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._enabled = config.enabled
+        self._per_user = config.per_user
+        self._rate = config.requests_per_minute / 60.0
+        self._burst = float(config.burst)
+        self._limit = f"{config.requests_per_minute} calls a minute (burst {config.burst})"
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+
+    def check(self, principal: Principal) -> None:
+        """Take a token for a call by ``principal``; raises Denial(RESOURCE_EXHAUSTED)."""
+        if not self._enabled:
+            return
+        key = f"{principal.method}:{principal.subject}" if self._per_user else "*"
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            wait = (1.0 - tokens) / self._rate
+            whose = f" for {principal.subject}" if self._per_user else ""
+            raise Denial(DenialKind.RESOURCE_EXHAUSTED,
+                         f"rate limit of {self._limit}{whose} reached; retry in {wait:.1f}s",
+                         "server.rate_limiting")
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > MAX_BUCKETS:
+            self._forget_full(now)
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that have refilled: forgetting them changes nothing."""
+        self._buckets = {k: (t, last) for k, (t, last) in self._buckets.items()
+                         if t + (now - last) * self._rate < self._burst}

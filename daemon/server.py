@@ -21,7 +21,7 @@ from execgate.daemon.approvals import Approvals
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import Authenticator, JwksCache, JwtVerifier, check_jwks_url
 from execgate.daemon.config import PolicyConfig
-from execgate.daemon.limits import RunSlots
+from execgate.daemon.limits import RateLimiter, RunSlots
 from execgate.daemon.model import Denial
 from execgate.daemon.policy import ConfinementError, Policy
 from execgate.daemon.sandbox import HostSupport, Spawner, _linux, layers_for
@@ -157,8 +157,9 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
     authenticator = Authenticator(config.server.auth,
                                   JwtVerifier(config.server.auth, jwks) if jwks else None)
     approvals = Approvals(config.approvals, audit)
-    exec_service = ExecService(access, policy, RunSlots(config.server.max_concurrent_runs),
-                               spawner, approvals, audit)
+    exec_service = ExecService(access, policy, RateLimiter(config.server.rate_limiting),
+                               RunSlots(config.server.max_concurrent_runs), spawner, approvals,
+                               audit)
     approval_service = ApprovalService(approvals, spawner)
     agent_service = AgentService(access, config)
     health = health_aio.HealthServicer()

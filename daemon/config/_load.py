@@ -201,23 +201,17 @@ def load_policy(path: Path, cwd: Path | None = None) -> LoadedPolicy:
     return parse_policy(text, str(path), env)
 
 
-def unenforced(config: PolicyConfig) -> tuple[list[str], list[str]]:
-    """Settings this release parses but does not enforce: (security, other).
-
-    ``serve`` refuses to start with any of the first kind enabled: a daemon that believes it
-    has a protection it does not have is the worst outcome.
-    """
-    security: list[str] = []
-    other: list[str] = []
+def unenforced(config: PolicyConfig) -> list[str]:
+    """Settings this release parses but does not act on; none of them is a protection (every
+    security setting of the guide is enforced), so they are reported, not refused."""
+    out = []
     auth = config.server.auth
-    if config.server.rate_limiting.enabled:
-        security.append("server.rate_limiting: rate limiting is not enforced yet")
     if auth.enabled and auth.excluded_paths and not auth.require_auth:
-        other.append("server.auth.excluded_paths: has no effect when require_auth is false")
+        out.append("server.auth.excluded_paths: has no effect when require_auth is false")
     if config.server.observability.metrics.enabled:
-        other.append("server.observability.metrics: metrics are not provided yet")
+        out.append("server.observability.metrics: metrics are not provided yet")
     if config.server.observability.tracing.enabled:
-        other.append("server.observability.tracing: tracing is not provided yet")
-    return security, other
+        out.append("server.observability.tracing: tracing is not provided yet")
+    return out
 
 

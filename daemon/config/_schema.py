@@ -302,7 +302,7 @@ class AuthConfig(_Strict):
 
 
 class RateLimitConfig(_Strict):
-    """The guide's ``server.rate_limiting`` (parsed; enforced by a later release)."""
+    """The guide's ``server.rate_limiting``: tool calls a minute, globally or per principal."""
 
     enabled: bool = False
     requests_per_minute: int = Field(default=60, gt=0)

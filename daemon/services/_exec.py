@@ -1,8 +1,8 @@
 """ExecService: one tool call, a straight line from the first message to the exit.
 
-identity (interceptor) -> access -> policy -> approval -> limits -> sandbox -> stream, each
-step audited. Run slots are taken after approval, so that a call waiting minutes for a
-person holds no slot.
+identity (interceptor) -> rate limit -> access -> policy -> approval -> run slot -> sandbox
+-> stream, each step audited. Run slots are taken after approval, so that a call waiting
+minutes for a person holds no slot.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from execgate.daemon.access import Access
 from execgate.daemon.approvals import Approvals, Pending
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal
-from execgate.daemon.limits import RunSlots
+from execgate.daemon.limits import RateLimiter, RunSlots
 from execgate.daemon.model import (
     CommandPlan,
     Denial,
@@ -135,9 +135,10 @@ class _Control:
 class ExecService(exec_pb2_grpc.ExecServiceServicer):
     """Runs tool calls over bidirectional streams."""
 
-    def __init__(self, access: Access, policy: Policy, slots: RunSlots, spawner: Spawner,
-                 approvals: Approvals, audit: Audit) -> None:
+    def __init__(self, access: Access, policy: Policy, limiter: RateLimiter, slots: RunSlots,
+                 spawner: Spawner, approvals: Approvals, audit: Audit) -> None:
         self._access = access
+        self._limiter = limiter
         self._policy = policy
         self._slots = slots
         self._spawner = spawner
@@ -162,6 +163,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                                         "the first message of Execute must be start"))
         call = _convert.tool_call(first.start)
         try:
+            self._limiter.check(principal)
             agent_name, agent = self._access.agent_for(principal, call.agent)
             plan = self._policy.plan(agent_name, agent, call)
             # Before asking a human: a call the sandbox would refuse is refused now.

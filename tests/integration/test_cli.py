@@ -141,3 +141,18 @@ def test_default_policy_denies_writing_commands(default_daemon: Daemon) -> None:
     import json
     result = execgate(default_daemon, "run", "--", "touch", "x", token=json.loads(token)["token"])
     assert result.returncode == 126
+
+
+def test_rate_limited_calls_exit_125_with_the_rule(tmp_path: Path) -> None:
+    from tests.conftest import TEST_POLICY
+    policy = TEST_POLICY.replace("server:\n", "server:\n  rate_limiting: {enabled: true, "
+                                 "requests_per_minute: 1, burst: 2, per_user: true}\n", 1)
+    d = start_daemon(tmp_path, policy)
+    try:
+        for _ in range(2):
+            assert execgate(d, "run", "--agent", "dev", "--", "true").returncode == 0
+        result = execgate(d, "run", "--agent", "dev", "--", "true")
+        assert result.returncode == 125
+        assert b"server.rate_limiting" in result.stderr
+    finally:
+        d.stop()

@@ -1,0 +1,71 @@
+"""Rate limiting: a token bucket per principal (or one for all), on a clock the test turns."""
+
+from __future__ import annotations
+
+import pytest
+
+from execgate.daemon.config import RateLimitConfig
+from execgate.daemon.limits import RateLimiter
+from execgate.daemon.model import Denial, DenialKind, Principal
+
+ALICE = Principal(subject="alice", method="jwt")
+BOB = Principal(subject="bob", method="jwt")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limiter(clock: Clock, **config: object) -> RateLimiter:
+    return RateLimiter(RateLimitConfig.model_validate(
+        {"enabled": True, "requests_per_minute": 60, "burst": 3, **config}), clock)
+
+
+def refused(lim: RateLimiter, who: Principal) -> Denial:
+    with pytest.raises(Denial) as info:
+        lim.check(who)
+    return info.value
+
+
+def test_a_burst_passes_and_the_next_call_is_refused_with_the_wait() -> None:
+    lim = limiter(Clock())
+    for _ in range(3):
+        lim.check(ALICE)
+    denial = refused(lim, ALICE)
+    assert (denial.kind, denial.rule) == (DenialKind.RESOURCE_EXHAUSTED, "server.rate_limiting")
+    assert "retry in 1.0s" in denial.message
+
+
+def test_tokens_come_back_at_the_configured_rate() -> None:
+    clock = Clock()
+    lim = limiter(clock)
+    for _ in range(3):
+        lim.check(ALICE)
+    clock.now += 1.0  # 60 a minute: one a second
+    lim.check(ALICE)
+    refused(lim, ALICE)
+
+
+def test_per_user_buckets_are_separate() -> None:
+    lim = limiter(Clock(), per_user=True)
+    for _ in range(3):
+        lim.check(ALICE)
+    refused(lim, ALICE)
+    lim.check(BOB)
+
+
+def test_without_per_user_everyone_shares_one_bucket() -> None:
+    lim = limiter(Clock())
+    for _ in range(3):
+        lim.check(ALICE)
+    refused(lim, BOB)
+
+
+def test_disabled_rate_limiting_admits_everything() -> None:
+    lim = limiter(Clock(), enabled=False)
+    for _ in range(100):
+        lim.check(ALICE)
