@@ -43,8 +43,8 @@ class CommandRun:
     """A running command; ``events()`` yields its output and then exactly one Exit."""
 
     @classmethod
-    def start(cls, spawner: Spawner, plan: CommandPlan, clock: Clock = time.monotonic,
-              ) -> CommandRun:
+    def start(cls, spawner: Spawner, plan: CommandPlan, layers: Layers,
+              clock: Clock = time.monotonic) -> CommandRun:
         """Make the job's pipes, hand their far ends to the sandbox, and start pumping."""
         ours: list[int] = []
         theirs: list[int] = []
@@ -59,7 +59,7 @@ class CommandRun:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 ours.append(r)
                 theirs.append(w)
-            job = spawner.spawn(plan, *theirs)
+            job = spawner.spawn(plan, layers, *theirs)
         except BaseException:
             for fd in ours:
                 os.close(fd)

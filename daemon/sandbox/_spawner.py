@@ -109,13 +109,13 @@ class Spawner:
         """The layers ``plan`` gets here; raises Denial when a required one is missing."""
         return layers_for(plan.tool, plan.confinement, self.host)
 
-    def spawn(self, plan: CommandPlan, stdin: int, stdout: int, stderr: int) -> Job:
-        """Hand ``plan`` to the helper; raises Denial when a required layer is missing."""
+    def spawn(self, plan: CommandPlan, layers: Layers, stdin: int, stdout: int,
+              stderr: int) -> Job:
+        """Hand ``plan`` to the helper, confined by ``layers`` (from ``Spawner.layers``)."""
         if self._broken is not None:
             raise Denial(DenialKind.UNAVAILABLE, f"the sandbox helper is gone: {self._broken}")
         assert self._loop is not None
         job_id = next(self._ids)
-        layers = layers_for(plan.tool, plan.confinement, self.host)
         spec = job_spec(plan, self.host.landlock_abi, layers)
         exited: asyncio.Future[ExitStatus] = self._loop.create_future()
         self._jobs[job_id] = exited

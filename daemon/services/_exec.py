@@ -25,6 +25,7 @@ from execgate.daemon.model import (
     Denial,
     DenialKind,
     Exit,
+    FunctionPlan,
     Plan,
     Principal,
     ToolCall,
@@ -177,7 +178,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         try:
             if prompt is not None:
                 await self._ask(context, control, reader, principal, plan, prompt, layers)
-            await self._run(context, control, reader, principal, call, plan)
+            await self._run(context, control, reader, principal, call, plan, layers)
         except Denial as denial:
             await abort(context, denial)
         finally:
@@ -208,18 +209,14 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
 
     async def _run(self, context: grpc.aio.ServicerContext, control: _Control,
                    reader: asyncio.Task[None], principal: Principal, call: ToolCall,
-                   plan: Plan) -> None:
+                   plan: Plan, layers: Layers | None) -> None:
         try:
             self._slots.acquire()
         except Denial as denial:
             self._audit.denied(principal, call, denial)
             raise
         try:
-            run = self._start(plan)
-        except Denial as denial:  # a sandbox layer the policy requires is missing
-            self._slots.release()
-            self._audit.denied(principal, call, denial)
-            raise
+            run = self._start(plan, layers)
         except OSError as exc:
             self._slots.release()
             raise Denial(DenialKind.UNAVAILABLE,
@@ -243,10 +240,11 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             self._runs.discard(run)
             self._slots.release()
 
-    def _start(self, plan: Plan) -> Run:
-        if isinstance(plan, CommandPlan):
-            return CommandRun.start(self._spawner, plan)
-        return FunctionRun(plan)
+    def _start(self, plan: Plan, layers: Layers | None) -> Run:
+        if isinstance(plan, FunctionPlan):
+            return FunctionRun(plan)
+        assert layers is not None  # computed for every command plan, before any approval
+        return CommandRun.start(self._spawner, plan, layers)
 
     @property
     def active_runs(self) -> int:
