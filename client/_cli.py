@@ -174,7 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--ca", help="TLS: CA of the daemon's certificate (PEM)")
     common.add_argument("--cert", help="mutual TLS: this client's certificate (PEM)")
     common.add_argument("--key", help="mutual TLS: its private key (PEM)")
-    parser = argparse.ArgumentParser(prog="execgate", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="execgate",
+                                     description=__doc__.splitlines()[0].replace("``", ""),
                                      epilog="Run 'execgate COMMAND --help' for details.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", parents=[common], help="run a command tool")

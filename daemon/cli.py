@@ -167,7 +167,8 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``execgated``."""
-    parser = argparse.ArgumentParser(prog="execgated", description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(prog="execgated",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="serve tool calls")
     serve_cmd.add_argument("--config", type=Path,
