@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from execgate.daemon.model import CommandPlan, Denial, DenialKind
 from execgate.daemon.sandbox import _wire
 from execgate.daemon.sandbox._host import HostSupport, Layers, layers_for
@@ -87,18 +89,7 @@ class Spawner:
     @classmethod
     def start(cls) -> Spawner:
         """Start the helper (before any gRPC server exists) and wait for its host probe."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "execgate.daemon.sandbox._helper",
-             str(theirs.fileno()), str(os.getpid())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
-            env={"PATH": "/usr/bin:/bin"})
-        theirs.close()
-        message, _ = _wire.receive(ours)
-        if message is None or message.get("op") != "ready":
-            proc.wait()
-            raise SpawnerError(f"the sandbox helper did not start (status {proc.returncode})")
-        return cls(proc, ours, HostSupport.from_probe(message["host"]))
+        return cls(*_launch())
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Receive the helper's reports on ``loop``."""
@@ -135,10 +126,28 @@ class Spawner:
             self._broken = str(exc)
         if message is None:
             self._fail_all(self._broken or "it exited")
+            self._restart()
             return
         exited = self._jobs.pop(message["job"], None)
         if exited is not None and not exited.done():
             exited.set_result(_status(message))
+
+    def _restart(self) -> None:
+        """A helper that died is replaced, so that one crash does not refuse every later call.
+        The new one is a fresh exec, like the first: this process still never forks."""
+        self._sock.close()
+        self._proc.wait()
+        log.error("sandbox.helper_died", status=self._proc.returncode, reason=self._broken)
+        try:
+            self._proc, self._sock, self.host = _launch()
+        except (SpawnerError, OSError) as exc:
+            self._broken = f"it died and could not be restarted: {exc}"
+            log.error("sandbox.helper_restart_failed", reason=str(exc))
+            return
+        self._broken = None
+        if self._loop is not None:
+            self._loop.add_reader(self._sock, self._on_message)
+        log.warning("sandbox.helper_restarted", audit=True, pid=self._proc.pid)
 
     def _fail_all(self, reason: str) -> None:
         self._broken = reason
@@ -161,6 +170,23 @@ class Spawner:
             self._proc.wait()
 
 
+def _launch() -> tuple[subprocess.Popen[bytes], socket.socket, HostSupport]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-m", "execgate.daemon.sandbox._helper",
+         str(theirs.fileno()), str(os.getpid())],
+        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
+        env={"PATH": "/usr/bin:/bin"})
+    theirs.close()
+    message, _ = _wire.receive(ours)
+    if message is None or message.get("op") != "ready":
+        proc.wait()
+        ours.close()
+        raise SpawnerError(f"the sandbox helper did not start (status {proc.returncode})")
+    return proc, ours, HostSupport.from_probe(message["host"])
+
+
+log = structlog.get_logger()
 _RLIMITS = (("RLIMIT_CPU", "cpu_time"), ("RLIMIT_FSIZE", "file_size"),
             ("RLIMIT_NOFILE", "open_files"), ("RLIMIT_AS", "address_space"))
 

@@ -241,3 +241,32 @@ def test_doctor_fails_when_the_policy_requires_a_missing_layer(tmp_path: Path) -
     assert result.returncode == (0 if HAS_CGROUP else 1)
     if not HAS_CGROUP:
         assert "every call to sh will be refused" in result.stdout
+
+
+def test_a_killed_sandbox_helper_is_replaced_and_its_job_ends(tmp_path: Path) -> None:
+    """One crash of the helper must not refuse every later call: the job it held ends with
+    SANDBOX_ERROR (its whole namespace dies with the helper), and the next call runs."""
+    import psutil
+
+    d = start_daemon(tmp_path, POLICY)
+    try:
+        helpers = [p for p in psutil.Process(d.proc.pid).children()
+                   if "execgate.daemon.sandbox._helper" in " ".join(p.cmdline())]
+        assert len(helpers) == 1
+        with d.client() as client:
+            result: dict[str, object] = {}
+
+            def long_job() -> None:
+                result["run"] = client.run(["sh", "-c", "echo started; sleep 60"],
+                                           agent="dev", tool="shell")
+
+            thread = threading.Thread(target=long_job)
+            thread.start()
+            d.audit("run.started")
+            helpers[0].kill()
+            thread.join(timeout=30)
+            assert result["run"].reason is ExitReason.SANDBOX_ERROR  # type: ignore[attr-defined]
+            assert d.audit("sandbox.helper_restarted")
+            assert sh(client, "echo again")[1] == b"again\n"
+    finally:
+        d.stop()
