@@ -37,11 +37,6 @@ class RunSlots:
         """Give a slot back."""
         self._used -= 1
 
-    @property
-    def used(self) -> int:
-        """Runs in progress."""
-        return self._used
-
 
 class RateLimiter:
     """Token buckets: ``check`` takes one token or refuses the call."""
