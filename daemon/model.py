@@ -99,6 +99,10 @@ class CommandPlan:
     argv: tuple[str, ...]
     cwd: Path
     """Real path of the working directory, inside the tool's jail."""
+    cwd_identity: tuple[int, int]
+    """(st_dev, st_ino) of ``cwd`` as the policy resolved it beneath the jail. The job's init
+    enters ``cwd`` only if it is still this very directory: a path swapped between the
+    check and the start is refused, never followed."""
     env: dict[str, str]
     limits: Limits
     stdin: bool

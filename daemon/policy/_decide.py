@@ -107,7 +107,8 @@ class Policy:
         executable = resolve_command(call.argv[0], self._config.server.path)
         env = command_env(self._config.server.path, jail, tool.env, call.env)
         return CommandPlan(agent=agent_name, tool=tool_name, executable=executable,
-                           argv=call.argv, cwd=cwd, env=env, limits=limits,
+                           argv=call.argv, cwd=cwd, cwd_identity=_identity(cwd), env=env,
+                           limits=limits,
                            stdin=call.stdin, jail=jail,
                            confinement=self._confinement[tool_name])
 
@@ -156,9 +157,15 @@ class Policy:
         path = self._config.server.path
         return CommandPlan(agent=agent_name, tool=tool_name,
                            executable=resolve_command("grep", path), argv=tuple(argv),
-                           cwd=jail, env=command_env(path, jail, {}, {}), limits=limits,
+                           cwd=jail, cwd_identity=_identity(jail),
+                           env=command_env(path, jail, {}, {}), limits=limits,
                            stdin=False, jail=jail,
                            confinement=self._confinement[tool_name])
+
+
+def _identity(directory: Path) -> tuple[int, int]:
+    st = directory.stat()
+    return st.st_dev, st.st_ino
 
 
 def resolve_path(jail: Path, relative: str, rule: str) -> Path:

@@ -201,7 +201,8 @@ def job_spec(plan: CommandPlan, landlock_abi: int, layers: Layers) -> dict[str, 
             rlimits[name] = int(value + 0.999) if key == "cpu_time" else int(value)
     return {
         "executable": plan.executable, "argv": list(plan.argv), "env": dict(plan.env),
-        "cwd": str(plan.cwd), "jail": str(plan.jail), "rlimits": rlimits,
+        "cwd": str(plan.cwd), "cwd_identity": list(plan.cwd_identity),
+        "jail": str(plan.jail), "rlimits": rlimits,
         "uid": c.uid, "gid": c.gid,
         "namespaces": layers.namespaces, "network": c.network,
         "tmp_size": c.tmp_size if layers.namespaces else 0,
