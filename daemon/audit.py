@@ -2,10 +2,15 @@
 
 Events carry who asked, what was decided and which rule decided it. They never carry
 environment values or file contents (either may hold a secret): names and sizes only.
+
+The audit is a record, not a debug log: it is written in the configured format to the
+configured sink whatever ``logger.level`` says, and every audit event goes through this
+class (no module logs ``audit=True`` by hand).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -16,11 +21,19 @@ if TYPE_CHECKING:
     from execgate.daemon.approvals import Pending
 
 
+def record_logger() -> Any:
+    """structlog's configured processors and sink, without its level filter."""
+    config = structlog.get_config()
+    return structlog.wrap_logger(
+        config["logger_factory"](), processors=config["processors"],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET))
+
+
 class Audit:
-    """Writes audit events through the configured logger."""
+    """Writes audit events, at every configured level."""
 
     def __init__(self, logger: Any | None = None) -> None:
-        self._log = (logger or structlog.get_logger()).bind(audit=True)
+        self._log = (logger or record_logger()).bind(audit=True)
 
     def unauthenticated(self, method: str, peer: str, denial: Denial) -> None:
         """A call refused before it had an identity."""
@@ -71,3 +84,24 @@ class Audit:
             user_time=exit.user_time, system_time=exit.system_time,
             max_rss_bytes=exit.max_rss_bytes, stdout_bytes=exit.stdout_bytes,
             stderr_bytes=exit.stderr_bytes, dropped_bytes=exit.dropped_bytes)
+
+    def unix_relay(self, internal: str) -> None:
+        """The unix sockets' relay is listening on its internal address."""
+        self._log.info("unix.relay", internal=internal,
+                       detail="admits only connections relayed from the unix sockets")
+
+    def unix_refused(self, uid: int, pid: int, reason: str) -> None:
+        """A unix socket connection refused before any call was read."""
+        self._log.warning("unix.refused", uid=uid, pid=pid, reason=reason)
+
+    def helper_died(self, status: int | None, reason: str) -> None:
+        """The sandbox helper died while the daemon was serving; its jobs were lost."""
+        self._log.error("sandbox.helper_died", status=status, reason=reason)
+
+    def helper_restarted(self, pid: int) -> None:
+        """A new sandbox helper replaced one that died."""
+        self._log.warning("sandbox.helper_restarted", pid=pid)
+
+    def helper_restart_failed(self, reason: str) -> None:
+        """No new sandbox helper could be started: every command call is refused."""
+        self._log.error("sandbox.helper_restart_failed", reason=reason)
