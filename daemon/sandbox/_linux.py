@@ -1,4 +1,5 @@
-"""The few Linux calls Python 3.11's os module lacks: unshare, setns, mount, prctl."""
+"""The few Linux calls Python 3.11's os module lacks: unshare, setns, mount, umount2,
+pivot_root, openat2, prctl."""
 
 from __future__ import annotations
 
@@ -10,14 +11,36 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_REMOUNT, MS_BIND = 0x20, 0x1000
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 0x400, 0x800, 1 << 21
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+MNT_DETACH = 2
+
+RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x01, 0x02, 0x04
+RESOLVE_BENEATH = 0x08
+O_PATH = 0o10000000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_SYSCALLS = {"x86_64": {"pivot_root": 155, "openat2": 437},
+             "aarch64": {"pivot_root": 41, "openat2": 437}}
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def _syscall_number(name: str) -> int:
+    numbers = _SYSCALLS.get(os.uname().machine)
+    if numbers is None:
+        raise OSError(38, f"{name}: unsupported machine {os.uname().machine}")  # ENOSYS
+    return numbers[name]
 
 
 def _check(result: int, what: str) -> None:
@@ -47,3 +70,25 @@ def prctl(option: int, value: int) -> None:
     """prctl(2) with one argument."""
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(0),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
+
+
+def umount2(target: str, flags: int) -> None:
+    """umount2(2)."""
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2): glibc has no wrapper."""
+    _check(int(_libc.syscall(ctypes.c_long(_syscall_number("pivot_root")),
+                             new_root.encode(), put_old.encode())), "pivot_root")
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2): open ``path`` below ``dir_fd`` under the ``resolve`` restrictions."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    fd = int(_libc.syscall(ctypes.c_long(_syscall_number("openat2")), ctypes.c_int(dir_fd),
+                           path.encode(), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+    if fd < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno), path)
+    return fd
