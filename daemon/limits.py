@@ -4,6 +4,9 @@ Rate limiting is the guide's ``server.rate_limiting``: a token bucket that refil
 ``requests_per_minute`` and holds ``burst`` calls, one for the whole daemon or, with
 ``per_user``, one per principal (anonymous callers share one). A call over the limit is
 refused with RESOURCE_EXHAUSTED and the time to wait; it is never queued.
+
+Failed authentication is limited apart from calls (``FailedAttempts``), per peer address,
+because a caller guessing credentials has no principal to be limited by.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from execgate.daemon.model import Denial, DenialKind, Principal
 
 MAX_BUCKETS = 100_000
 """Principals remembered at once; the idlest (full) buckets are forgotten first."""
+
+MAX_PEERS = 10_000
+"""Peer addresses whose failed authentications are remembered at once."""
 
 
 class RunSlots:
@@ -74,3 +80,50 @@ class RateLimiter:
         """Drop buckets that have refilled: forgetting them changes nothing."""
         self._buckets = {k: (t, last) for k, (t, last) in self._buckets.items()
                          if t + (now - last) * self._rate < self._burst}
+
+
+class FailedAttempts:
+    """Failed authentications per peer address: ``max_failures`` per ``window``.
+
+    A token bucket per address, refilled over the window. ``check`` runs before a presented
+    credential is verified: an address out of attempts is refused without the check, so a
+    right guess looks like a wrong one and the lock is no oracle. A success refunds nothing:
+    a caller holding one valid key could otherwise keep guessing another between its own
+    calls. At most ``MAX_PEERS`` addresses are remembered, the least recent forgotten first:
+    an attacker rotating addresses bounds the table, not the other way round.
+    """
+
+    def __init__(self, max_failures: int, window: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = float(max_failures)
+        self._rate = max_failures / window
+        self._limit = f"{max_failures} failed authentications per {window:g}s"
+        self._clock = clock
+        # peer -> (attempts left, last update), in order of the last failure
+        self._peers: dict[str, tuple[float, float]] = {}
+
+    def _left(self, peer: str, now: float) -> float:
+        left, last = self._peers.get(peer, (self._max, now))
+        return min(self._max, left + (now - last) * self._rate)
+
+    def check(self, peer: str) -> None:
+        """Raise Denial(RESOURCE_EXHAUSTED) while ``peer`` has no attempt left."""
+        left = self._left(peer, self._clock())
+        if left < 1.0:
+            wait = (1.0 - left) / self._rate
+            raise Denial(DenialKind.RESOURCE_EXHAUSTED,
+                         f"too many failed authentications from this address "
+                         f"({self._limit}); credentials are refused unchecked for "
+                         f"{wait:.0f}s", "server.auth.max_failed_attempts")
+
+    def record(self, peer: str) -> None:
+        """Count one failed authentication from ``peer``."""
+        now = self._clock()
+        left = self._left(peer, now)
+        self._peers.pop(peer, None)  # re-inserted last: the dict stays in order of recency
+        self._peers[peer] = (max(0.0, left - 1.0), now)
+        if len(self._peers) > MAX_PEERS:
+            del self._peers[next(iter(self._peers))]
+
+    def __len__(self) -> int:
+        return len(self._peers)

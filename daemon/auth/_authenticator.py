@@ -4,6 +4,11 @@ A bearer value is tried as an API key (constant time), then, when JWT is configu
 has a JWT's shape, as a JWT. A credential that is present but wrong is refused even where
 none is required: a bad credential never quietly becomes an anonymous call. No request
 field or other metadata can set or change the identity.
+
+Bearer credentials can be guessed, so their failures are counted per peer address (see
+``FailedAttempts``): an address out of attempts has its bearer credentials refused unchecked.
+A client certificate or a unix peer's uid cannot be guessed and is never locked out, nor is
+a call without credentials (a health probe).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Sequence
 from execgate.daemon.auth._jwt import JwtVerifier, TokenError
 from execgate.daemon.auth._keys import ApiKeys
 from execgate.daemon.config import AuthConfig
+from execgate.daemon.limits import FailedAttempts
 from execgate.daemon.model import ANONYMOUS, Denial, DenialKind, Principal
 
 MAX_CREDENTIAL_BYTES = 8192
@@ -39,12 +45,15 @@ def _unauthenticated(reason: str) -> Denial:
 class Authenticator:
     """Turns a call's metadata into a Principal, or refuses it."""
 
-    def __init__(self, auth: AuthConfig, jwt_verifier: JwtVerifier | None = None) -> None:
+    def __init__(self, auth: AuthConfig, jwt_verifier: JwtVerifier | None = None,
+                 failed_attempts: FailedAttempts | None = None) -> None:
         self._enabled = auth.enabled
         self._require = auth.require_auth
         self._excluded = tuple(PATH_ALIASES.get(p, p) for p in auth.excluded_paths)
         self._keys = ApiKeys(auth)
         self._jwt = jwt_verifier
+        self._failed = failed_attempts or FailedAttempts(auth.max_failed_attempts,
+                                                         auth.failed_attempts_window)
 
     def _is_excluded(self, method: str) -> bool:
         return any(method == p or (p.endswith("/") and method.startswith(p))
@@ -52,12 +61,13 @@ class Authenticator:
 
     async def authenticate(self, method: str, metadata: Metadata,
                            certificate: str | None = None, uid: int | None = None,
-                           ) -> Principal:
-        """The Principal for a call to ``method``; raises Denial(UNAUTHENTICATED).
+                           source: str = "") -> Principal:
+        """The Principal for a call to ``method``; raises Denial(UNAUTHENTICATED), or
+        Denial(RESOURCE_EXHAUSTED) when ``source`` has failed too often.
 
         ``certificate`` is the identity of a client certificate the TLS layer verified, and
         ``uid`` that of an allowed unix socket peer; a bearer credential, when one is sent,
-        decides instead.
+        decides instead. ``source`` names the peer address failures are counted against.
         """
         verified = None
         if uid is not None:
@@ -73,6 +83,16 @@ class Authenticator:
             if self._is_excluded(method) or not self._require:
                 return ANONYMOUS
             raise _unauthenticated("no credentials: send 'authorization: Bearer <token>'")
+        self._failed.check(source)
+        try:
+            return await self._bearer(values, local=uid is not None)
+        except Denial:
+            self._failed.record(source)
+            raise
+
+    async def _bearer(self, values: list[str | bytes], local: bool) -> Principal:
+        """The Principal of the one bearer credential in ``values``; ``local`` (it came over
+        the unix socket) keeps the local reach."""
         if len(values) > 1:
             raise _unauthenticated("more than one authorization header")
         value = values[0]
@@ -83,7 +103,6 @@ class Authenticator:
             raise _unauthenticated("authorization must be 'Bearer <token>'")
         if not token.isascii() or not token.isprintable():
             raise _unauthenticated("invalid credentials")
-        local = uid is not None  # a token sent over the unix socket keeps the local reach
         name = self._keys.match(token)
         if name is not None:
             return Principal(subject=name, method="api_key", local=local)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,11 +50,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                  "this listener serves the unix socket relay only", "server")
             principal = await self._auth.authenticate(
                 method, context.invocation_metadata() or (),
-                certificate_identity(context.auth_context()), uid)
+                certificate_identity(context.auth_context()), uid,
+                source=f"uid:{uid}" if uid is not None else peer_address(context.peer()))
         except Denial as denial:
             self._audit.unauthenticated(method, context.peer(), denial)
             await abort(context, denial)
         current_principal.set(principal)
+
+
+def peer_address(peer: str) -> str:
+    """The address failed authentications are counted against, from a gRPC peer string.
+
+    The port is dropped: every connection gets a new one. An IPv6 peer counts by its /64,
+    the block one host is usually given, which it could otherwise walk address by address.
+    """
+    kind, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0].strip("[]") if kind in ("ipv4", "ipv6") else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return peer  # not an IP peer: nothing to generalise
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # an IPv4 caller of a dual-stack listener
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 Authenticate = Callable[[str, grpc.aio.ServicerContext], Awaitable[None]]

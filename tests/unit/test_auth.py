@@ -1,4 +1,4 @@
-"""API-key authentication: only the credential decides who is calling."""
+"""API-key authentication: only the credential decides who is calling; guessing is slowed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from execgate.daemon.auth import Authenticator
 from execgate.daemon.config import AuthConfig
 from execgate.daemon.model import ANONYMOUS, Denial, DenialKind
+from execgate.daemon.services._interceptor import peer_address
 
 EXEC = "/execgate.v1.ExecService/Execute"
 KEY = "k-0123456789abcdef"
@@ -88,3 +89,46 @@ async def test_a_key_stored_as_a_digest_authenticates() -> None:
         {"enabled": True, "api_keys": [{"name": "hashed", "sha256": digest}]}))
     principal = await auth.authenticate(EXEC, [("authorization", "Bearer s3cret")])
     assert principal.subject == "hashed"
+
+
+async def locked(auth: Authenticator, source: str) -> Authenticator:
+    """``auth`` after ``source`` used up its failed attempts."""
+    for _ in range(2):
+        with pytest.raises(Denial):
+            await auth.authenticate(EXEC, [("authorization", "Bearer wrong")], source=source)
+    return auth
+
+
+async def test_a_locked_address_has_even_a_right_key_refused_unchecked() -> None:
+    auth = await locked(authenticator(max_failed_attempts=2), "192.0.2.1")
+    with pytest.raises(Denial) as info:
+        await auth.authenticate(EXEC, [("authorization", f"Bearer {KEY}")], source="192.0.2.1")
+    assert info.value.kind is DenialKind.RESOURCE_EXHAUSTED
+
+
+async def test_a_locked_address_still_calls_by_client_certificate() -> None:
+    auth = await locked(authenticator(max_failed_attempts=2), "192.0.2.1")
+    principal = await auth.authenticate(EXEC, [], certificate="spiffe://x/agent",
+                                        source="192.0.2.1")
+    assert principal.method == "mtls"
+
+
+async def test_a_success_does_not_refund_failed_attempts() -> None:
+    """Else a caller with one valid key could guess another between its own calls."""
+    auth = authenticator(max_failed_attempts=2)
+    for _ in range(2):
+        await auth.authenticate(EXEC, [("authorization", f"Bearer {KEY}")], source="192.0.2.1")
+        with pytest.raises(Denial):
+            await auth.authenticate(EXEC, [("authorization", "Bearer x")], source="192.0.2.1")
+    with pytest.raises(Denial) as info:
+        await auth.authenticate(EXEC, [("authorization", f"Bearer {KEY}")], source="192.0.2.1")
+    assert info.value.kind is DenialKind.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(("peer", "address"), [
+    ("ipv4:192.0.2.7:50123", "192.0.2.7"),
+    ("ipv6:[2001:db8:1:2:aaaa::1]:50123", "2001:db8:1:2::/64"),
+    ("ipv6:[::ffff:192.0.2.7]:50123", "192.0.2.7"),
+])
+def test_failures_count_against_the_address_without_its_port(peer: str, address: str) -> None:
+    assert peer_address(peer) == address

@@ -1,11 +1,12 @@
-"""Rate limiting: a token bucket per principal (or one for all), on a clock the test turns."""
+"""Rate limiting: a token bucket per principal (or one for all), and failed authentications
+per peer address, on a clock the test turns."""
 
 from __future__ import annotations
 
 import pytest
 
 from execgate.daemon.config import RateLimitConfig
-from execgate.daemon.limits import RateLimiter
+from execgate.daemon.limits import MAX_PEERS, FailedAttempts, RateLimiter
 from execgate.daemon.model import Denial, DenialKind, Principal
 
 ALICE = Principal(subject="alice", method="jwt")
@@ -69,3 +70,50 @@ def test_disabled_rate_limiting_admits_everything() -> None:
     lim = limiter(Clock(), enabled=False)
     for _ in range(100):
         lim.check(ALICE)
+
+
+def exhausted(attempts: FailedAttempts, peer: str) -> bool:
+    """Whether ``peer`` is out of attempts (refused by the rule that says so)."""
+    try:
+        attempts.check(peer)
+    except Denial as denial:
+        return (denial.kind, denial.rule) == (DenialKind.RESOURCE_EXHAUSTED,
+                                              "server.auth.max_failed_attempts")
+    return False
+
+
+def test_an_address_out_of_attempts_is_refused_until_the_window_refills() -> None:
+    clock = Clock()
+    attempts = FailedAttempts(3, 60.0, clock)
+    for _ in range(3):
+        assert not exhausted(attempts, "192.0.2.1")
+        attempts.record("192.0.2.1")
+    assert exhausted(attempts, "192.0.2.1")
+    clock.now += 20.0  # one attempt back
+    assert not exhausted(attempts, "192.0.2.1")
+    attempts.record("192.0.2.1")
+    assert exhausted(attempts, "192.0.2.1")
+
+
+def test_failed_attempts_of_one_address_do_not_touch_another() -> None:
+    attempts = FailedAttempts(1, 60.0, Clock())
+    attempts.record("192.0.2.1")
+    assert exhausted(attempts, "192.0.2.1")
+    assert not exhausted(attempts, "192.0.2.2")
+
+
+def test_an_attacker_rotating_addresses_cannot_grow_the_table() -> None:
+    clock = Clock()
+    attempts = FailedAttempts(10, 60.0, clock)
+    for i in range(MAX_PEERS * 3):
+        attempts.record(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    assert len(attempts) == MAX_PEERS
+
+
+def test_the_most_recently_failing_addresses_are_remembered() -> None:
+    attempts = FailedAttempts(1, 60.0, Clock())
+    attempts.record("192.0.2.1")
+    for i in range(MAX_PEERS):
+        attempts.record(f"10.0.{i >> 8}.{i & 255}")
+    assert exhausted(attempts, f"10.0.{(MAX_PEERS - 1) >> 8}.{(MAX_PEERS - 1) & 255}")
+    assert not exhausted(attempts, "192.0.2.1")
