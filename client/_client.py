@@ -104,7 +104,8 @@ def to_plan(p: exec_pb2.Plan) -> Plan:
         env_names=tuple(p.env_names), timeout=_seconds(lim.timeout),
         output_limit_bytes=lim.output_limit_bytes,
         sandbox=Sandbox(filesystem=s.filesystem, namespaces=s.namespaces, cgroup=s.cgroup,
-                        network=s.network, run_as=s.run_as) if p.HasField("sandbox") else None,
+                        network=s.network, run_as=s.run_as, view=s.view)
+        if p.HasField("sandbox") else None,
         cpu_time=_seconds(lim.cpu_time) if lim.HasField("cpu_time") else None,
         memory_bytes=lim.memory_bytes, processes=lim.processes, open_files=lim.open_files,
         file_size_bytes=lim.file_size_bytes)

@@ -64,6 +64,8 @@ class Sandbox:
     """Per-job cgroup: ``processes`` and ``memory_bytes`` are enforced."""
     network: bool
     run_as: str
+    view: bool = False
+    """A root of the job's own: no host sockets, /run or /home exist for it."""
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,11 @@ class Confinement:
     """pid + mount namespace layer."""
     cgroup: str
     """per-job cgroup layer."""
+    view: str
+    """A root of the job's own (no host sockets, /run, /home): ``required``, ``optional``
+    or ``off``."""
+    unix_sockets: tuple[str, ...]
+    """Host unix sockets the job may reach: bound into its view, and nothing else is."""
     network: bool
     uid: int | None
     """User to run as; None keeps the daemon's own (when it is not root)."""

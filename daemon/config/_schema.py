@@ -85,6 +85,12 @@ def _layer(value: object) -> object:
 
 Layer = Annotated[Literal["required", "optional", "off"], BeforeValidator(_layer)]
 
+
+def _absolute(value: object) -> object:
+    if isinstance(value, str) and not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path")
+    return value
+
 class SandboxLimits(_Strict):
     """Resource bounds of one job. ``null`` turns a bound off."""
 
@@ -127,6 +133,13 @@ class SandboxConfig(_Strict):
     the job."""
     cgroup: Layer = "required"
     """Per-job pids and memory cgroups (limits.processes and limits.memory)."""
+    view: Layer = "required"
+    """A root of the job's own, entered with pivot_root: only read_paths, write_paths, the
+    jail, a private /tmp, a minimal /dev and the job's /proc exist there. Keeps host unix
+    sockets (which Landlock does not govern) and the daemon's own socket out of reach."""
+    unix_sockets: list[Annotated[str, BeforeValidator(_absolute)]] = Field(default_factory=list)
+    """Host unix sockets the job may connect to (bound into its view), e.g.
+    ``/run/postgresql/.s.PGSQL.5432``."""
     network: bool = False
     """false: an empty network namespace (only a down loopback) and Landlock TCP denial."""
     run_as: str | None = None
@@ -147,6 +160,8 @@ class SandboxOverride(_Strict):
     filesystem: Layer | None = None
     namespaces: Layer | None = None
     cgroup: Layer | None = None
+    view: Layer | None = None
+    unix_sockets: list[Annotated[str, BeforeValidator(_absolute)]] | None = None
     network: bool | None = None
     run_as: str | None = None
     read_paths: list[str] | None = None

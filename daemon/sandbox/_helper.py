@@ -77,6 +77,10 @@ class Init:
     flags: int
 
 
+PoolKey = tuple[int, bool]
+"""What a waiting init was made for: its clone flags, and whether it built a view."""
+
+
 @dataclass
 class Job:
     """A job handed to an init."""
@@ -86,11 +90,12 @@ class Job:
     cgroups: list[str] = field(default_factory=list)
 
 
-def start_init(flags: int, netns: int | None = None) -> Init:
+def start_init(flags: int, netns: int | None = None, view_root: str | None = None) -> Init:
     """Clone a new init with ``flags``; it waits for its spec.
 
     With CLONE_NEWNET in ``flags`` and a shared empty network namespace ``netns``, the init
-    joins that one instead of paying for a new one per job.
+    joins that one instead of paying for a new one per job. With ``view_root`` it builds the
+    job's filesystem view there while it waits.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     clone_flags = flags & ~_linux.CLONE_NEWNET if netns is not None else flags
@@ -104,7 +109,7 @@ def start_init(flags: int, netns: int | None = None) -> Init:
         null = os.open("/dev/null", os.O_RDWR)  # takes 0: received fds never land on 0-2
         os.dup2(null, 1)
         os.dup2(null, 2)
-        init_main(theirs, flags)
+        init_main(theirs, flags, view_root)
     theirs.close()
     return Init(pid=pid, sock=ours, flags=flags)
 
@@ -142,7 +147,7 @@ def _enter_user_namespace() -> None:
         f.write(f"{gid} {gid} 1")
 
 
-def probe(in_userns: bool, userns_error: str | None) -> dict[str, Any]:
+def probe(in_userns: bool, userns_error: str | None, mountpoint: str) -> dict[str, Any]:
     """What this host supports, each layer with the reason when it does not."""
     host: dict[str, Any] = {"root": os.geteuid() == 0 and not in_userns,
                             "landlock_abi": _landlock.abi_version(),
@@ -157,27 +162,52 @@ def probe(in_userns: bool, userns_error: str | None) -> dict[str, Any]:
         host["namespaces"] = None if status == 0 else f"a probe init failed (status {status})"
     except OSError as exc:
         host["namespaces"] = f"cannot create pid/mount/network namespaces: {exc}"
+    host["view"] = (_probe_view(flags, mountpoint) if host["namespaces"] is None
+                    else "needs pid and mount namespaces")
     host["cgroup"] = _cgroups.probe()
     return host
+
+
+def _probe_view(flags: int, mountpoint: str) -> str | None:
+    """None when an init can build a job's filesystem view here, else why not."""
+    try:
+        init = start_init(flags & ~_linux.CLONE_NEWNET, view_root=mountpoint)
+    except OSError as exc:
+        return f"cannot start a probe init: {exc}"
+    report = None
+    try:
+        init.sock.shutdown(socket.SHUT_WR)  # no job: a healthy init exits 0 after warming up
+        _, status = os.waitpid(init.pid, 0)
+        if status != 0:
+            init.sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                report, _ = _wire.receive(init.sock)
+    finally:
+        init.sock.close()
+    if status == 0:
+        return None
+    detail = report.get("error") if report else f"status {status}"
+    return f"cannot build a job's own root (mount, pivot_root): {detail}"
 
 
 class Helper:
     """The helper's single-threaded loop."""
 
-    def __init__(self, daemon: socket.socket, host: dict[str, Any]) -> None:
+    def __init__(self, daemon: socket.socket, host: dict[str, Any], mountpoint: str) -> None:
         self._daemon = daemon
         self._host = host
         self._selector = selectors.DefaultSelector()
         self._selector.register(daemon, selectors.EVENT_READ, None)
         self._jobs: dict[int, Job] = {}
-        self._pool: dict[int, list[Init]] = {}
+        self._pool: dict[PoolKey, list[Init]] = {}
         self._cgroups = _cgroups.JobCgroups(host["cgroup"])
         self._exiting: list[int] = []
         """Inits that reported and are exiting; reaped when idle, their pids held till then."""
         self._netns = empty_network_namespace() if host["namespaces"] is None else None
-        # Where a job's private tmpfs goes when its jail lives under /tmp (a tmpfs on /tmp
-        # would hide the jail): an empty directory each job's mount namespace covers.
-        self._tmp_mountpoint = tempfile.mkdtemp(prefix="execgate-tmp-")
+        # An empty directory each job's mount namespace covers: the root of a job's view, or
+        # (without a view) its private tmpfs when its jail lives under /tmp (a tmpfs on /tmp
+        # would hide the jail).
+        self._mountpoint = mountpoint
 
     def run(self) -> None:
         """Serve the daemon until it goes away, then end every job and clean up."""
@@ -202,18 +232,22 @@ class Helper:
         finally:
             self._shutdown()
 
-    def _pool_short(self) -> int | None:
-        """Flags of a pool below its size, if any."""
-        for flags, pool in self._pool.items():
+    def _pool_short(self) -> PoolKey | None:
+        """A pool below its size, if any."""
+        for key, pool in self._pool.items():
             if len(pool) < POOL_SIZE:
-                return flags
+                return key
         return None
 
-    def _refill(self, flags: int) -> None:
+    def _start(self, key: PoolKey) -> Init:
+        flags, view = key
+        return start_init(flags, self._netns, self._mountpoint if view else None)
+
+    def _refill(self, key: PoolKey) -> None:
         try:
-            self._pool[flags].append(start_init(flags, self._netns))
+            self._pool[key].append(self._start(key))
         except OSError:
-            self._pool.pop(flags)  # cannot make these now; the next call will try again
+            self._pool.pop(key)  # cannot make these now; the next call will try again
 
     def _shutdown(self) -> None:
         inits = [job.init for job in self._jobs.values()]
@@ -228,7 +262,7 @@ class Helper:
             self._cgroups.remove(job_id)
         self._cgroups.close()
         with contextlib.suppress(OSError):
-            os.rmdir(self._tmp_mountpoint)
+            os.rmdir(self._mountpoint)
 
     def _from_daemon(self) -> bool:
         message, fds = _wire.receive(self._daemon)
@@ -243,11 +277,12 @@ class Helper:
                     os.kill(job.init.pid, message["signal"])
         return True
 
-    def _flags(self, spec: dict[str, Any]) -> int:
+    def _pool_key(self, spec: dict[str, Any]) -> PoolKey:
         if not spec["namespaces"]:
-            return 0
+            return 0, False
         flags = _linux.CLONE_NEWPID | _linux.CLONE_NEWNS
-        return flags if spec["network"] else flags | _linux.CLONE_NEWNET
+        return (flags if spec["network"] else flags | _linux.CLONE_NEWNET,
+                spec["view"] is not None)
 
     def _private_tmp(self, spec: dict[str, Any]) -> None:
         """Give the job a private tmpfs, and tell it where (TMPDIR, Landlock)."""
@@ -255,19 +290,22 @@ class Helper:
         if not (spec["namespaces"] and spec["tmp_size"]):
             return
         jail_in_tmp = spec["jail"] == "/tmp" or spec["jail"].startswith("/tmp/")
-        spec["tmp_dir"] = self._tmp_mountpoint if jail_in_tmp else "/tmp"
+        # In a view, /tmp is the job's own whatever the jail: the jail is bound onto it.
+        spec["tmp_dir"] = self._mountpoint if jail_in_tmp and not spec["view"] else "/tmp"
         spec["env"]["TMPDIR"] = spec["tmp_dir"]
         if spec["landlock"]:
             spec["landlock"]["write"].append(spec["tmp_dir"])
+            if spec["view"]:
+                spec["landlock"]["write"].append("/dev/shm")
 
     def _spawn(self, spec: dict[str, Any], fds: list[int]) -> None:
         job_id = spec["job"]
         self._private_tmp(spec)
         try:
             spec["cgroups"] = self._cgroups.create(job_id, spec["cgroup"])
-            flags = self._flags(spec)
-            pool = self._pool.setdefault(flags, [])
-            init = pool.pop() if pool else start_init(flags, self._netns)
+            key = self._pool_key(spec)
+            pool = self._pool.setdefault(key, [])
+            init = pool.pop() if pool else self._start(key)
             _wire.send(init.sock, spec, fds)
         except OSError as exc:
             self._cgroups.remove(job_id)
@@ -310,9 +348,6 @@ class Helper:
 def main() -> None:
     """Entry point: ``python -m execgate.daemon.sandbox._helper FD DAEMON_PID``."""
     daemon = socket.socket(fileno=int(sys.argv[1]))
-    _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != int(sys.argv[2]):
-        return  # the daemon is already gone
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     userns_error, in_userns = None, False
     if os.geteuid() != 0:
@@ -321,14 +356,20 @@ def main() -> None:
             in_userns = True
         except OSError as exc:
             userns_error = f"cannot create a user namespace: {exc}"
+    # Armed after the user namespace: a change of credentials clears the death signal. Then
+    # the parent is checked, since it may have died before the signal was armed.
+    _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(sys.argv[2]):
+        return  # the daemon is already gone
     # The cyclic GC would walk (and so copy) the whole heap in every cloned init; the
     # helper's own objects are acyclic, so it is frozen and switched off.
     gc.collect()
     gc.freeze()
     gc.disable()
-    host = probe(in_userns, userns_error)
+    mountpoint = tempfile.mkdtemp(prefix="execgate-mnt-")
+    host = probe(in_userns, userns_error, mountpoint)
     _wire.send(daemon, {"op": "ready", "host": host})
-    Helper(daemon, host).run()
+    Helper(daemon, host, mountpoint).run()
 
 
 if __name__ == "__main__":

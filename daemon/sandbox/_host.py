@@ -18,18 +18,21 @@ class HostSupport:
     namespaces: str | None
     cgroup: str | None
     user_namespace: str | None
+    view: str | None
 
     @classmethod
     def from_probe(cls, probe: dict[str, Any]) -> HostSupport:
         """From the helper's ``ready`` message."""
         return cls(root=probe["root"], landlock_abi=probe["landlock_abi"],
                    landlock=probe["landlock"], namespaces=probe["namespaces"],
-                   cgroup=probe["cgroup"].get("error"), user_namespace=probe["user_namespace"])
+                   cgroup=probe["cgroup"].get("error"), user_namespace=probe["user_namespace"],
+                   view=probe["view"])
 
     def report(self) -> list[tuple[str, str | None]]:
         """(layer, None or why it is unavailable), for ``doctor`` and the startup log."""
         return [(f"filesystem (Landlock ABI {self.landlock_abi})", self.landlock),
                 ("namespaces (pid, mount, network)", self.namespaces),
+                ("view (a root of the job's own: no host sockets, /run, /home)", self.view),
                 ("cgroup (pids, memory)", self.cgroup)]
 
 
@@ -40,6 +43,8 @@ class Layers:
     landlock: bool
     namespaces: bool
     cgroup: bool
+    view: bool
+    """The job sees a root of its own, not the host's."""
 
 
 def layers_for(tool: str, confinement: Confinement, host: HostSupport) -> Layers:
@@ -58,10 +63,13 @@ def layers_for(tool: str, confinement: Confinement, host: HostSupport) -> Layers
 
     landlock = use("filesystem", confinement.filesystem, host.landlock)
     namespaces = use("namespaces", confinement.namespaces, host.namespaces)
+    view = use("view", confinement.view,
+               host.view if namespaces else "needs the namespaces layer, which is off or "
+               "unavailable")
     cgroup = use("cgroup", confinement.cgroup, host.cgroup,
                  needed=confinement.processes is not None or confinement.memory is not None)
     if not confinement.network and not namespaces and not (landlock and host.landlock_abi >= 4):
         raise Denial(DenialKind.SANDBOX_UNAVAILABLE,
                      "network: false cannot be enforced: neither a network namespace nor "
                      "Landlock TCP rules are available", f"tools.{tool}.sandbox.network")
-    return Layers(landlock=landlock, namespaces=namespaces, cgroup=cgroup)
+    return Layers(landlock=landlock, namespaces=namespaces, cgroup=cgroup, view=view)

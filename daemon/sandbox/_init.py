@@ -3,8 +3,9 @@
 The helper clones it into fresh pid and mount namespaces (joining the helper's empty network
 namespace for jobs without network), where it mounts a /proc that shows only the job, then
 waits for a job spec; the helper keeps a few waiting so that a call does not pay for
-namespace creation. Given a job it confines *itself* with everything a child inherits
-(cgroup, private /tmp, cwd, rlimits, user, no_new_privs, Landlock), then starts the
+namespace creation; while it waits it also builds most of the job's filesystem view
+(``_view``). Given a job it confines *itself* with everything a child inherits (cgroup, its
+view and private /tmp, rlimits, user, cwd, no_new_privs, Landlock), then starts the
 command with posix_spawn, which is vfork-fast because no Python code has to run in the
 child. It forwards signals to the command's
 session, reaps every orphan, and reports the command's status. When it exits, the kernel
@@ -17,12 +18,13 @@ import contextlib
 import json
 import os
 import resource
+import select
 import signal
 import socket
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from execgate.daemon.sandbox import _landlock, _linux, _wire
+from execgate.daemon.sandbox import _landlock, _linux, _view, _wire
 from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -31,8 +33,17 @@ _DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals()
                          if s not in (signal.SIGKILL, signal.SIGSTOP) and 0 < s < 32)
 
 
-def init_main(sock: socket.socket, flags: int) -> NoReturn:
-    """Run as a freshly cloned job init; never returns."""
+class JobRefused(Exception):
+    """The job cannot be set up as its spec says; the message is for the caller."""
+
+
+def init_main(sock: socket.socket, flags: int, view_root: str | None) -> NoReturn:
+    """Run as a freshly cloned job init; never returns.
+
+    With ``view_root`` (an empty directory) the job gets its own filesystem view, built
+    there. An init that cannot warm up says why and exits 1, which is how the helper's
+    probe learns what this host lacks.
+    """
     try:
         _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the helper
         if flags & _linux.CLONE_NEWNS:
@@ -40,15 +51,32 @@ def init_main(sock: socket.socket, flags: int) -> NoReturn:
             _linux.mount("proc", "/proc", "proc",
                          _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC, None)
         base = _warm_up(flags)
+        view = _Prepared(view_root, _view.prepare(view_root, DEFAULT_READ_PATHS)
+                         ) if view_root else None
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            _wire.send(sock, {"error": f"{type(exc).__name__}: {exc}"})
+        os._exit(1)
+    try:
         spec, fds = _wire.receive(sock)  # a pooled init waits here
         if spec is None:
             os._exit(0)
-        report = _run(spec, fds, flags, base)
+        report = _run(spec, fds, flags, base, view, sock)
+    except JobRefused as exc:
+        report = {"error": str(exc)}
     except BaseException as exc:
         report = {"error": f"{type(exc).__name__}: {exc}"}
     with contextlib.suppress(OSError):
         _wire.send(sock, report)
     os._exit(0)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A view built while waiting: its root and the read paths bound there."""
+
+    root: str
+    read_paths: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -89,16 +117,22 @@ def _ruleset(rules: dict[str, Any], base: _Base | None) -> int:
         rules["abi"])
 
 
-def _confine(spec: dict[str, Any], flags: int, base: _Base | None) -> None:
+def _confine(spec: dict[str, Any], flags: int, base: _Base | None, view: _Prepared | None,
+             helper: socket.socket) -> None:
     for procs in spec["cgroups"]:
         with open(procs, "w") as f:
             f.write("0")  # this process; the command and its children follow
-    if flags & _linux.CLONE_NEWNS and spec["tmp_dir"]:
+    if view is not None:
+        wanted = spec["view"]
+        _view.enter(view.root, view.read_paths, wanted["read"], wanted["write"],
+                    wanted["unix_sockets"], spec["tmp_size"])
+    elif flags & _linux.CLONE_NEWNS and spec["tmp_dir"]:
         _linux.mount("tmpfs", spec["tmp_dir"], "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
                      f"size={spec['tmp_size']},mode=1777")
-    os.chdir(spec["cwd"])
     # Opened now, as the init's own user: the jail may sit below a directory the job's user
-    # cannot traverse.
+    # cannot traverse. Entered only after the user changes, so that the kernel checks the
+    # job's right to enter it.
+    cwd = _open_cwd(spec)
     ruleset = _ruleset(spec["landlock"], base) if spec["landlock"] else None
     for name, value in spec["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
@@ -106,15 +140,60 @@ def _confine(spec: dict[str, Any], flags: int, base: _Base | None) -> None:
         os.setgroups([])
         os.setresgid(spec["gid"], spec["gid"], spec["gid"])
         os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+        _rearm_death_signal(helper)
+    try:
+        os.fchdir(cwd)
+    except OSError as exc:
+        raise JobRefused(f"the command's user cannot enter its working directory: "
+                         f"{exc.strerror}") from None
+    finally:
+        os.close(cwd)
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     if ruleset is not None:
         _landlock.enforce(ruleset)
 
 
+def _open_cwd(spec: dict[str, Any]) -> int:
+    """The working directory the policy checked, or JobRefused.
+
+    It is found again beneath the jail with no symlink followed (the policy's answer is a
+    real path), and must be the very directory the policy saw: a directory swapped for a
+    symlink or for another directory between the check and now is refused, not entered.
+    """
+    relative = os.path.relpath(spec["cwd"], spec["jail"])
+    jail = os.open(spec["jail"], _linux.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        cwd = _linux.openat2(jail, relative, _linux.O_PATH | os.O_DIRECTORY,
+                             _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_SYMLINKS
+                             | _linux.RESOLVE_NO_MAGICLINKS)
+    except OSError:
+        cwd = -1
+    finally:
+        os.close(jail)
+    if cwd >= 0:
+        st = os.fstat(cwd)
+        if [st.st_dev, st.st_ino] == list(spec["cwd_identity"]):
+            return cwd
+        os.close(cwd)
+    raise JobRefused("the working directory changed after the policy checked it; "
+                     "nothing ran")
+
+
+def _rearm_death_signal(helper: socket.socket) -> None:
+    """The kernel clears the death signal when a process's credentials change: set it again,
+    then make sure the helper did not die in between (its end of our socket would be
+    closed), so that a killed daemon never leaves this job running."""
+    _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    poller = select.poll()
+    poller.register(helper, select.POLLRDHUP)
+    if poller.poll(0):
+        os._exit(1)
+
+
 def _run(spec: dict[str, Any], fds: list[int], flags: int, base: _Base | None,
-         ) -> dict[str, Any]:
+         view: _Prepared | None, helper: socket.socket) -> dict[str, Any]:
     stdin, stdout, stderr = fds
-    _confine(spec, flags, base)
+    _confine(spec, flags, base, view, helper)
     try:
         pid = os.posix_spawn(
             spec["executable"], spec["argv"], spec["env"],

@@ -210,4 +210,6 @@ def job_spec(plan: CommandPlan, landlock_abi: int, layers: Layers) -> dict[str, 
                      "deny_tcp": not c.network,
                      "abi": landlock_abi} if layers.landlock else None,
         "cgroup": {"pids_max": c.processes, "memory_max": c.memory} if layers.cgroup else None,
+        "view": {"read": list(c.read_paths), "write": list(c.write_paths),
+                 "unix_sockets": list(c.unix_sockets)} if layers.view else None,
     }

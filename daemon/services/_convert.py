@@ -56,7 +56,7 @@ def plan_message(plan: Plan, layers: Layers | None) -> exec_pb2.Plan:
         if layers is not None:
             message.sandbox.CopyFrom(exec_pb2.Sandbox(
                 filesystem=layers.landlock, namespaces=layers.namespaces, cgroup=layers.cgroup,
-                network=c.network, run_as=c.user))
+                network=c.network, run_as=c.user, view=layers.view))
             if layers.cgroup:
                 limits.memory_bytes = c.memory or 0
                 limits.processes = c.processes or 0

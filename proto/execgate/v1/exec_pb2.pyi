@@ -489,6 +489,7 @@ class Sandbox(_message.Message):
     CGROUP_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     RUN_AS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     filesystem: _builtins.bool
     """Landlock: reads of system paths only, writes only in the jail and a private /tmp."""
     namespaces: _builtins.bool
@@ -499,6 +500,8 @@ class Sandbox(_message.Message):
     """Whether the command may use the network."""
     run_as: _builtins.str
     """The user the command runs as."""
+    view: _builtins.bool
+    """A root of the job's own: no host sockets, /run or /home exist for it."""
     def __init__(
         self,
         *,
@@ -507,10 +510,11 @@ class Sandbox(_message.Message):
         cgroup: _builtins.bool = ...,
         network: _builtins.bool = ...,
         run_as: _builtins.str = ...,
+        view: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "filesystem", b"filesystem", "namespaces", b"namespaces", "network", b"network", "run_as", b"run_as"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cgroup", b"cgroup", "filesystem", b"filesystem", "namespaces", b"namespaces", "network", b"network", "run_as", b"run_as", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
