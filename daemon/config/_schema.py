@@ -274,7 +274,9 @@ class AuthConfig(_Strict):
     issuer: str | None = None
     audience: str | None = None
     require_auth: bool = True
-    excluded_paths: list[str] = Field(default_factory=list)
+    excluded_paths: list[str] = Field(default_factory=lambda: ["/health"])
+    """gRPC paths served without a credential. Health is, by default: probes carry no token;
+    a list without ``/health`` (``[]`` too) makes it need one."""
     refresh_interval: Duration = 900.0
     """How often the JWKS is fetched again."""
     jwks_cooldown: Duration = 30.0
