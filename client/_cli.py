@@ -60,7 +60,8 @@ def exit_status(exited: Exited) -> int:
     if exited.reason is ExitReason.TIMEOUT:
         return EXIT_TIMEOUT
     if exited.reason in (ExitReason.OUTPUT_LIMIT, ExitReason.CANCELLED,
-                         ExitReason.SANDBOX_ERROR, ExitReason.UNSPECIFIED):
+                         ExitReason.SANDBOX_ERROR, ExitReason.DAEMON_STOPPING,
+                         ExitReason.UNSPECIFIED):
         return EXIT_EXECGATE
     if exited.signal:
         return 128 + exited.signal

@@ -50,6 +50,8 @@ class ExitReason(enum.Enum):
     """The job hit its process limit: forks were refused (``exit_code`` says how it ended)."""
     SANDBOX_ERROR = 9
     """The sandbox could not set the job up; nothing ran. See ``message``."""
+    DAEMON_STOPPING = 10
+    """The daemon was stopping and stopped the command; retry when it is back."""
 
 
 @dataclass(frozen=True)

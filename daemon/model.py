@@ -199,6 +199,8 @@ class ExitReason(enum.Enum):
     MEMORY_LIMIT = 7
     PIDS_LIMIT = 8
     SANDBOX_ERROR = 9
+    DAEMON_STOPPING = 10
+    """The daemon was told to stop (SIGTERM, SIGINT) and stopped the run."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,8 @@ class _ExitReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitReason
     """The job hit its process limit: forks were refused (see exit_code for how it ended)."""
     EXIT_REASON_SANDBOX_ERROR: _ExitReason.ValueType  # 9
     """The sandbox could not set the job up; nothing ran. See message."""
+    EXIT_REASON_DAEMON_STOPPING: _ExitReason.ValueType  # 10
+    """The daemon was told to stop (SIGTERM, SIGINT) and stopped the command."""
 
 class ExitReason(_ExitReason, metaclass=_ExitReasonEnumTypeWrapper):
     """ExitReason says why a run ended."""
@@ -87,6 +89,8 @@ EXIT_REASON_PIDS_LIMIT: ExitReason.ValueType  # 8
 """The job hit its process limit: forks were refused (see exit_code for how it ended)."""
 EXIT_REASON_SANDBOX_ERROR: ExitReason.ValueType  # 9
 """The sandbox could not set the job up; nothing ran. See message."""
+EXIT_REASON_DAEMON_STOPPING: ExitReason.ValueType  # 10
+"""The daemon was told to stop (SIGTERM, SIGINT) and stopped the command."""
 Global___ExitReason: _TypeAlias = ExitReason  # noqa: Y015
 
 @_typing.final
