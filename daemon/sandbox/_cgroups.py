@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from typing import Any
 
 _ROOT = "/sys/fs/cgroup"
 _LIMIT_FILES = {"pids": "pids.max", "memory": "memory.limit_in_bytes"}
+_PARENT = re.compile(r"execgate-([1-9][0-9]*)")
+_JOB = re.compile(r"job-[1-9][0-9]*")
+HELPER_MODULE = "execgate.daemon.sandbox._helper"
+"""What a live helper's command line names: a parent whose pid runs anything else is stale."""
 
 
 def _own_paths() -> dict[str, str]:
@@ -30,7 +35,10 @@ def _own_paths() -> dict[str, str]:
 
 
 def probe() -> dict[str, Any]:
-    """Where this helper can make job cgroups: {"parents": {...}} or {"error": reason}."""
+    """Where this helper can make job cgroups: {"parents": {...}} or {"error": reason}.
+
+    Beside its own, it removes the parents that daemons no longer running left behind.
+    """
     try:
         own = _own_paths()
     except OSError as exc:
@@ -43,12 +51,55 @@ def probe() -> dict[str, Any]:
     for controller, path in own.items():
         parent = f"{path}/execgate-{os.getpid()}"
         try:
+            _remove_stale(path)
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:
             return {"error": f"cannot create a {controller} cgroup under {path}: "
                              f"{exc.strerror} (run as root, or delegate the subtree)"}
         parents[controller] = parent
     return {"parents": parents}
+
+
+def _remove_stale(directory: str) -> None:
+    """Remove the ``execgate-<pid>`` parents in ``directory`` whose helper is gone.
+
+    A parent is named after its helper's pid, so a parent of a pid that no helper has now
+    belongs to a daemon that was killed before it could clean up. Our own pid's parent can
+    only be such a leftover too (pids are reused), so its old jobs go. Only job cgroups
+    and the parent are removed, each with rmdir: one that still holds a process, or a
+    directory execgate did not make, stays.
+    """
+    for entry in os.scandir(directory):
+        match = _PARENT.fullmatch(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = int(match[1])
+        if pid == os.getpid():
+            _remove_jobs(entry.path)
+        elif not _is_helper(pid):
+            _remove_jobs(entry.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(entry.path)
+
+
+def _is_helper(pid: int) -> bool:
+    """Whether ``pid`` is a live sandbox helper (when in doubt: yes, keep its cgroups)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return HELPER_MODULE.encode() in f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+
+
+def _remove_jobs(parent: str) -> None:
+    """rmdir each empty ``job-N`` cgroup under ``parent``."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            if _JOB.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(entry.path)
 
 
 _EVENTS = {"pids": ("pids.events", "max"), "memory": ("memory.oom_control", "oom_kill")}
@@ -76,22 +127,37 @@ class JobCgroups:
             return []
         held = self._jobs.setdefault(job, [])
         for controller, key in (("pids", "pids_max"), ("memory", "memory_max")):
-            if limits.get(key) is None:
-                continue
-            path = self._take(controller)
-            held.append((controller, path, _count(controller, path)))
-            _write(f"{path}/{_LIMIT_FILES[controller]}", limits[key])
-            if controller == "memory" and os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):
-                _write(f"{path}/memory.memsw.limit_in_bytes", limits[key])  # no swap escape
+            if limits.get(key) is not None:
+                held.append(self._limited(controller, limits[key]))
         return [f"{path}/cgroup.procs" for _, path, _ in held]
 
-    def _take(self, controller: str) -> str:
+    def _limited(self, controller: str, value: int) -> tuple[str, str, int]:
+        """A cgroup with its limit set, and its event count now.
+
+        A reused cgroup the kernel will not take the limit in is removed, never pooled
+        again (it would fail every later job the same way); a new one that fails raises.
+        """
+        while True:
+            path, new = self._take(controller)
+            try:
+                _set_limit(controller, path, value)
+                return controller, path, _count(controller, path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+                if new:
+                    raise
+
+    def _take(self, controller: str) -> tuple[str, bool]:
+        """A pooled cgroup, or a new one: (path, whether new)."""
         if self._free[controller]:
-            return self._free[controller].pop()
-        self._made += 1
-        path = f"{self._parents[controller]}/job-{self._made}"
-        os.mkdir(path)
-        return path
+            return self._free[controller].pop(), False
+        while True:
+            self._made += 1
+            path = f"{self._parents[controller]}/job-{self._made}"
+            with contextlib.suppress(FileExistsError):  # a leftover that still has a process
+                os.mkdir(path)
+                return path, True
 
     def events(self, job: int) -> dict[str, int]:
         """How often the job hit its limits: OOM kills and refused forks."""
@@ -114,7 +180,9 @@ class JobCgroups:
             try:
                 with open(f"{path}/cgroup.procs") as f:
                     empty = not f.read().strip()
-            except OSError:
+            except OSError:  # not a usable cgroup any more: not one to hand out again
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
                 continue
             if empty:
                 self._free[controller].append(path)
@@ -122,19 +190,37 @@ class JobCgroups:
                 still.append((controller, path))
         self.pending = still
 
-    def close(self) -> None:
-        """Remove every job cgroup, then the helper's own parent directories."""
-        deadline = time.monotonic() + 2.0
+    def close(self, grace: float = 2.0) -> None:
+        """Remove every job cgroup, then the helper's own parent directories.
+
+        The jobs' processes have been killed, but a cgroup can only be removed once the
+        last of them has exited: wait for that, for at most ``grace`` seconds.
+        """
+        deadline = time.monotonic() + grace
         while self.pending and time.monotonic() < deadline:
-            time.sleep(0.01)  # the killed jobs' processes are still exiting
+            time.sleep(0.01)
             self.retry()
-        for paths in self._free.values():
-            for path in paths:
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)
         for parent in self._parents.values():
+            _remove_jobs(parent)
             with contextlib.suppress(OSError):
                 os.rmdir(parent)
+
+
+def _set_limit(controller: str, path: str, value: int) -> None:
+    """Set a reused or new cgroup's limit.
+
+    cgroup v1 keeps memory+swap >= memory at every write, so a cgroup a smaller tool left
+    takes a larger limit only swap first, and a smaller one only memory first.
+    """
+    limit = f"{path}/{_LIMIT_FILES[controller]}"
+    swap = f"{path}/memory.memsw.limit_in_bytes"
+    if controller != "memory" or not os.path.exists(swap):
+        _write(limit, value)
+        return
+    with open(limit) as f:
+        raising = value >= int(f.read())
+    for name in (swap, limit) if raising else (limit, swap):
+        _write(name, value)  # the swap limit too: no escape into swap
 
 
 def _write(path: str, value: int) -> None:
