@@ -145,8 +145,9 @@ def writable_by_commands(path: Path) -> Path:
 
 
 def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = ()) -> Daemon:
-    """Start execgated in ``root`` and return once it says it is serving."""
+                 extra_args: tuple[str, ...] = (), own_group: bool = False) -> Daemon:
+    """Start execgated in ``root`` and return once it says it is serving; ``own_group``
+    makes it lead a process group of its own (which a test may signal as a whole)."""
     (root / "workspace").mkdir(exist_ok=True)
     writable_by_commands(root / "workspace")
     args = [*daemon_command(), "serve", "--listen", "127.0.0.1:0", *extra_args]
@@ -156,7 +157,8 @@ def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, st
     full_env = {**os.environ, "TEST_API_KEY": API_KEY, "XDG_STATE_HOME": str(root / "state"),
                 "CGROUP": "required" if HAS_CGROUP else "optional", **(env or {})}
     proc = subprocess.Popen(args, cwd=root, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            process_group=0 if own_group else None)
     assert proc.stdout is not None and proc.stderr is not None
     daemon = Daemon(proc=proc, target="", root=root)
     stderr = proc.stderr
