@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import stat
 from pathlib import Path
 
 from execgate.daemon.config import AgentConfig, PolicyConfig, ToolConfig
@@ -19,7 +20,7 @@ from execgate.daemon.model import (
 from execgate.daemon.policy._command import check_argv, check_command, resolve_command
 from execgate.daemon.policy._confine import resolve as resolve_confinement
 from execgate.daemon.policy._env import check_env, command_env
-from execgate.daemon.policy._jail import check_relative, resolve_cwd
+from execgate.daemon.policy._jail import check_relative, resolve_cwd, resolve_path
 from execgate.daemon.policy._prompt import approval_prompt
 
 # Named arguments of each built-in function tool: (required, optional).
@@ -30,6 +31,8 @@ FUNCTION_ARGUMENTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "grep_search": (frozenset({"pattern"}), frozenset({"path", "ignore_case", "fixed_strings"})),
 }
 _FLAGS = ("true", "false")
+_MAX_OFFSET = 2**63 - 1
+"""The largest file offset (or length) the kernel takes: a signed 64-bit loff_t."""
 
 
 class Policy:
@@ -107,7 +110,7 @@ class Policy:
         executable = resolve_command(call.argv[0], self._config.server.path)
         env = command_env(self._config.server.path, jail, tool.env, call.env)
         return CommandPlan(agent=agent_name, tool=tool_name, executable=executable,
-                           argv=call.argv, cwd=cwd, cwd_identity=_identity(cwd), env=env,
+                           argv=call.argv, cwd=cwd.path, cwd_identity=cwd.identity, env=env,
                            limits=limits,
                            stdin=call.stdin, jail=jail,
                            confinement=self._confinement[tool_name])
@@ -147,41 +150,37 @@ class Policy:
                 raise Denial(DenialKind.INVALID_ARGUMENT, f"{flag} must be true or false")
         if "\0" in args["pattern"]:
             raise Denial(DenialKind.INVALID_ARGUMENT, "pattern contains a NUL byte")
-        # grep follows a symlink named on its command line: resolve it here, inside the jail.
-        target = resolve_path(jail, args["path"], f"tools.{tool_name}.working_directory")
+        # grep follows a symlink named on its command line: it is given the real path the
+        # resolution beneath the jail found instead. A FIFO or device would block grep until
+        # the deadline: only files and directories are searched.
+        rule = f"tools.{tool_name}.working_directory"
+        target = resolve_path(jail, args["path"], rule)
+        if not (stat.S_ISREG(target.mode) or stat.S_ISDIR(target.mode)):
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         f"path {args['path']!r} is not a regular file or directory", rule)
+        cwd = resolve_cwd(jail, "", rule)
         argv = ["grep", "-rnI", "--no-messages", "--color=never"]
         argv.append("-F" if args.get("fixed_strings") == "true" else "-E")
         if args.get("ignore_case") == "true":
             argv.append("-i")
-        argv += ["-e", args["pattern"], "--", str(target.relative_to(jail))]
+        argv += ["-e", args["pattern"], "--", str(target.path.relative_to(cwd.path))]
         path = self._config.server.path
         return CommandPlan(agent=agent_name, tool=tool_name,
                            executable=resolve_command("grep", path), argv=tuple(argv),
-                           cwd=jail, cwd_identity=_identity(jail),
+                           cwd=cwd.path, cwd_identity=cwd.identity,
                            env=command_env(path, jail, {}, {}), limits=limits,
                            stdin=False, jail=jail,
                            confinement=self._confinement[tool_name])
 
 
-def _identity(directory: Path) -> tuple[int, int]:
-    st = directory.stat()
-    return st.st_dev, st.st_ino
-
-
-def resolve_path(jail: Path, relative: str, rule: str) -> Path:
-    """A path argument resolved (symlinks included); refused unless inside the jail."""
-    real = (jail / relative).resolve(strict=False)
-    if not real.is_relative_to(jail):
-        raise Denial(DenialKind.POLICY_DENIED,
-                     f"path {relative!r} resolves outside the tool's working directory", rule)
-    return real
-
-
 def _check_function_values(handler: str, args: dict[str, str]) -> None:
     for name in ("offset", "limit"):
-        if name in args and not (args[name].isascii() and args[name].isdigit()):
+        value = args.get(name, "0")
+        # Length first: int() of thousands of digits is refused by Python itself.
+        if not (value.isascii() and value.isdigit() and len(value) <= len(str(_MAX_OFFSET))
+                and int(value) <= _MAX_OFFSET):
             raise Denial(DenialKind.INVALID_ARGUMENT,
-                         f"{name} must be a non-negative whole number of bytes")
+                         f"{name} must be a whole number of bytes from 0 to {_MAX_OFFSET}")
     if handler == "write_file" and args.get("mode", "overwrite") not in (
             "overwrite", "append", "create"):
         raise Denial(DenialKind.INVALID_ARGUMENT,

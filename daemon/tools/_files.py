@@ -1,61 +1,40 @@
 """Built-in file tools, confined to the tool's working directory by construction.
 
-Paths are opened one component at a time from a descriptor of the jail, each with
-O_NOFOLLOW, so neither ``..`` nor a symlink (planted before or during the call) can lead
-out: a symlink anywhere in the path is refused rather than followed. Only regular files are
-read or written (a FIFO or device would block or never end), and a file with more than one
-hard link is never written, since its other name may be outside the jail.
+Paths are opened beneath a descriptor of the jail (execgate.daemon.beneath), the resolver the
+policy checked them with: neither ``..`` nor a symlink planted before or during the call can
+lead out; a symlink that stays inside is followed. Only regular files are read or written (a
+FIFO or device would block or never end), and a file with more than one hard link is never
+written, since its other name may be outside the jail.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
 
+from execgate.daemon import beneath
 from execgate.daemon.model import FunctionPlan
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class ToolError(Exception):
     """A function tool could not do what was asked; the message says why, in the jail's terms."""
 
 
-def _fail(exc: OSError, path: str) -> ToolError:
-    reasons = {
-        errno.ENOENT: "no such file or directory",
-        errno.ELOOP: "a symbolic link is on the path, and links are not followed",
-        errno.ENOTDIR: "a component of the path is not a directory (or is a symbolic link)",
-        errno.EISDIR: "is a directory",
-        errno.EEXIST: "already exists",
-        errno.EACCES: "permission denied",
-        errno.ENXIO: "is not a regular file",
-    }
-    return ToolError(f"{path}: {reasons.get(exc.errno or 0, exc.strerror or 'failed')}")
-
-
 def open_beneath(jail: Path, path: str, flags: int, mode: int = 0o644) -> int:
-    """An fd for ``path`` inside ``jail``; no component may be a symlink or ``..``."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ToolError(f"{path}: '..' is not allowed")
-    fd = os.open(jail, _DIR_FLAGS)
+    """An fd for ``path`` beneath ``jail``, never outside it; raises ToolError."""
     try:
-        for part in parts[:-1]:
-            next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-        if not parts:
-            result, fd = fd, -1
-            return result
-        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
-    except OSError as exc:
-        raise _fail(exc, path) from None
+        root = os.open(jail, beneath.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise ToolError("the tool's working directory cannot be opened") from None
+    try:
+        return beneath.open_beneath(root, path, flags, mode)
+    except beneath.PathRefused as refused:
+        raise ToolError(f"{path}: {refused.reason}") from None
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(root)
 
 
 def read_file(plan: FunctionPlan) -> bytes:
@@ -66,7 +45,9 @@ def read_file(plan: FunctionPlan) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ToolError(f"{args['path']}: is not a regular file")
-        offset = int(args.get("offset", "0"))
+        # The policy bounded both below 2**63; an offset past the end reads nothing, and
+        # is never handed to pread, where offset + count could overflow (EINVAL).
+        offset = min(int(args.get("offset", "0")), st.st_size)
         limit = int(args["limit"]) if "limit" in args else st.st_size - offset
         if limit > plan.max_file_bytes:
             raise ToolError(f"{args['path']}: {limit} bytes asked for; the limit is "
@@ -135,4 +116,8 @@ _HANDLERS = {"read_file": read_file, "write_file": write_file, "list_directory":
 
 def run_function(plan: FunctionPlan) -> bytes:
     """Run a built-in function tool; raises ToolError."""
-    return _HANDLERS[plan.handler](plan)
+    try:
+        return _HANDLERS[plan.handler](plan)
+    except OSError as exc:  # reading, writing or listing an opened file failed
+        reason = beneath.refusal(exc.errno or 0).reason
+        raise ToolError(f"{plan.arguments.get('path', '.')}: {reason}") from None

@@ -159,3 +159,54 @@ def test_visibility_follows_the_guide() -> None:
         with pytest.raises(Denial) as info:
             access.agent_for(principal, "hidden")
         assert info.value.message == "no agent named 'hidden'"
+
+
+def test_a_cwd_through_a_symlink_loop_is_invalid_by_rule(policy: Policy, tmp_path: Path) -> None:
+    """Path.resolve() raised RuntimeError here, which reached callers as UNKNOWN."""
+    (tmp_path / "jail" / "loop").symlink_to("loop")
+    d = denial(policy, argv=("ls",), cwd="loop")
+    assert (d.kind, d.rule) == (DenialKind.INVALID_ARGUMENT, "tools.sh.working_directory")
+
+
+def test_a_symlink_loop_then_dotdot_is_not_collapsed_by_string(policy: Policy,
+                                                               tmp_path: Path) -> None:
+    jail = tmp_path / "jail"
+    (jail / "loop1").symlink_to("loop2")
+    (jail / "loop2").symlink_to("loop1")
+    (jail / "out").symlink_to(tmp_path)
+    assert denial(policy, argv=("ls",), cwd="loop1/../out").rule == "tools.sh.working_directory"
+
+
+def test_a_cwd_link_inside_the_jail_gives_the_real_directory_and_its_identity(
+        policy: Policy, tmp_path: Path) -> None:
+    sub = (tmp_path / "jail" / "sub").resolve()
+    (tmp_path / "jail" / "here").symlink_to("sub")
+    p = plan(policy, argv=("ls",), cwd="here")
+    assert isinstance(p, CommandPlan)
+    assert (p.cwd, p.cwd_identity) == (sub, (sub.stat().st_dev, sub.stat().st_ino))
+
+
+def test_a_cwd_name_over_255_bytes_is_invalid(policy: Policy) -> None:
+    d = denial(policy, argv=("ls",), cwd="x" * 300)
+    assert (d.kind, d.rule) == (DenialKind.INVALID_ARGUMENT, "tools.sh.working_directory")
+    assert "255 bytes" in d.message
+
+
+def test_a_cwd_error_names_the_path_as_given_not_the_host(policy: Policy,
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "jail" / "away").symlink_to(tmp_path)
+    assert str(tmp_path) not in denial(policy, argv=("ls",), cwd="away").message
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "18446744073709551616", "9" * 5000,
+                                   "-1", "1e3", "٣"])
+@pytest.mark.parametrize("name", ["offset", "limit"])
+def test_a_read_window_beyond_a_64_bit_offset_is_invalid(policy: Policy, name: str,
+                                                         value: str) -> None:
+    d = denial(policy, tool="read_file", arguments={"path": "f", name: value})
+    assert d.kind is DenialKind.INVALID_ARGUMENT and name in d.message
+
+
+def test_the_largest_offset_the_kernel_takes_is_allowed(policy: Policy) -> None:
+    p = plan(policy, tool="read_file", arguments={"path": "f", "offset": str(2**63 - 1)})
+    assert isinstance(p, FunctionPlan)
