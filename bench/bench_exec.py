@@ -46,7 +46,8 @@ tools:
     type: command
     working_directory: ./workspace
     allowed_commands: ["true"]
-    sandbox: {cgroup: off, namespaces: off, filesystem: off, network: true, run_as: root}
+    sandbox: {cgroup: off, namespaces: off, view: off, filesystem: off, network: true,
+              run_as: root}
 agents:
   bench:
     tools: [shell, no_cgroup, unconfined]
