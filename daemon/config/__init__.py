@@ -22,9 +22,8 @@ from execgate.daemon.config._schema import (
     ServerConfig,
     TlsConfig,
     ToolConfig,
-    parse_duration,
-    parse_size,
 )
+from execgate.daemon.config._units import parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_POLICY",

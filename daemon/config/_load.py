@@ -1,8 +1,7 @@
 """Loading a policy file: YAML, ``.env``, ``${VAR}`` expansion, validation, warnings.
 
 Every problem is reported with its key path, all at once, so that ``check-config`` can list
-them. YAML's silent last-wins on a duplicate key is an error here: in a security policy a
-second ``execute_command:`` block must not quietly replace the first.
+them. What YAML itself must refuse is ``_yaml``'s concern.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from dotenv import dotenv_values
 from pydantic import ValidationError
 
 from execgate.daemon.config._schema import PolicyConfig
+from execgate.daemon.config._yaml import read_yaml
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -26,6 +26,9 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # undefined, and each one present earns one warning. ``*`` matches any name.
 _IGNORED = (("llms",), ("agents", "*", "llm"), ("agents", "*", "instruction"),
             ("agents", "*", "document_stores"), ("server", "cors"))
+
+PLATFORM_TOOLS = frozenset({"search", "web_request"})
+"""The guide's tools an LLM platform provides: an agent may name them without a definition."""
 
 
 class ConfigError(Exception):
@@ -44,25 +47,6 @@ class LoadedPolicy:
     config: PolicyConfig
     source: str
     warnings: list[str] = field(default_factory=list)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _ignored(path: tuple[str | int, ...]) -> bool:
@@ -130,9 +114,9 @@ def _warnings(raw: dict[str, Any], config: PolicyConfig) -> list[str]:
             if getattr(agent, key) is not None:
                 out.append(f"agents.{name}.{key}: meaningful only to an LLM platform; ignored")
         for i, tool_name in enumerate(agent.tools):
-            if tool_name not in config.tools:
+            if tool_name in PLATFORM_TOOLS and tool_name not in config.tools:
                 out.append(f"agents.{name}.tools[{i}]: tool {tool_name!r} is not provided by "
-                           f"this daemon (define it under tools); {name} will not have it")
+                           f"this daemon (an LLM platform's); {name} will not have it here")
     if config.server.allow_remote_plaintext:
         out.append("server.allow_remote_plaintext: calls and credentials may cross the network "
                    "unencrypted")
@@ -141,6 +125,14 @@ def _warnings(raw: dict[str, Any], config: PolicyConfig) -> list[str]:
             out.append(f"tools.{name}.deny_by_default: false runs every command not denied; "
                        "a denylist is never complete, prefer allowed_commands")
     return out
+
+
+def _undefined_tools(config: PolicyConfig) -> list[str]:
+    """An agent's tool that no section defines is a typo until shown otherwise: the agent
+    would silently lack it."""
+    return [f"agents.{name}.tools[{i}]: no tool named {tool!r} is defined under tools"
+            for name, agent in config.agents.items() for i, tool in enumerate(agent.tools)
+            if tool not in config.tools and tool not in PLATFORM_TOOLS]
 
 
 _BRANCH = re.compile(r"^(str|int|float|bool|list\[.*\]|dict\[.*\]|function-\w+\[.*\])$")
@@ -172,7 +164,7 @@ def _validation_problems(err: ValidationError) -> list[str]:
 def parse_policy(text: str, source: str, env: Mapping[str, str]) -> LoadedPolicy:
     """Validate a policy given as YAML text; raises ConfigError listing every problem."""
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
     if raw is None:
@@ -186,6 +178,7 @@ def parse_policy(text: str, source: str, env: Mapping[str, str]) -> LoadedPolicy
     except ValidationError as exc:
         problems.extend(_validation_problems(exc))
         raise ConfigError(source, problems) from None
+    problems.extend(_undefined_tools(config))
     if problems:
         raise ConfigError(source, problems)
     return LoadedPolicy(config=config, source=source, warnings=_warnings(raw, config))

@@ -11,53 +11,10 @@ import re
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
+from execgate.daemon.config._units import Count, Duration, OpenFiles, Processes, Size, Uid
 from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
-               "KB": 1000, "MB": 1000**2, "GB": 1000**3}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``30s``, ``2m``, ``1m30s``, ``500ms``, ``1h`` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration such as 30s or 2m, not a boolean")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        parts = _DURATION.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"{value!r} is not a duration such as 30s, 2m, 1m30s or 500ms")
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    else:
-        raise ValueError("a duration such as 30s or 2m")
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
-    return seconds
-
-
-def parse_size(value: object) -> int:
-    """Bytes from ``4096``, ``16MiB`` or ``1GB``."""
-    if isinstance(value, bool):
-        raise ValueError("a size such as 16MiB, not a boolean")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
-        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    else:
-        raise ValueError(f"{value!r} is not a size such as 65536, 16MiB or 1GB")
-    if size <= 0:
-        raise ValueError("a size must be greater than zero")
-    return size
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
 
 FUNCTION_HANDLERS = ("read_file", "write_file", "list_directory", "grep_search")
 """The built-in function tools this daemon provides."""
@@ -98,11 +55,11 @@ class SandboxLimits(_Strict):
     """RLIMIT_CPU: CPU seconds before the kernel kills the command."""
     file_size: Size | None = 1024**3
     """RLIMIT_FSIZE: the largest file the command may write."""
-    open_files: int | None = Field(default=1024, gt=0)
+    open_files: OpenFiles | None = 1024
     """RLIMIT_NOFILE."""
     address_space: Size | None = None
     """RLIMIT_AS: off by default, since it breaks Go and the JVM; use memory instead."""
-    processes: int | None = Field(default=256, gt=0)
+    processes: Processes | None = 256
     """Processes and threads of the job at once (a per-job pids cgroup)."""
     memory: Size | None = 2 * 1024**3
     """Memory of the whole job (a per-job memory cgroup); past it the kernel kills."""
@@ -115,9 +72,9 @@ class SandboxLimitsOverride(_Strict):
 
     cpu_time: Duration | None = None
     file_size: Size | None = None
-    open_files: int | None = Field(default=None, gt=0)
+    open_files: OpenFiles | None = None
     address_space: Size | None = None
-    processes: int | None = Field(default=None, gt=0)
+    processes: Processes | None = None
     memory: Size | None = None
     tmp_size: Size | None = None
 
@@ -266,6 +223,31 @@ class ApiKey(_Strict):
         return self
 
 
+_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+
+
+def _written_as(data: dict[str, Any], key: str, value: bool) -> bool:
+    """Whether ``key`` is written in ``data`` with a value pydantic reads as ``value``."""
+    try:
+        return key in data and _BOOL.validate_python(data[key]) is value
+    except ValueError:
+        return False  # not a boolean: the field's own validation says so
+
+
+def _switch(data: dict[str, Any], what: str, given: list[str]) -> dict[str, Any]:
+    """``enabled`` follows from the block when it is not written; written false beside
+    settings that only mean something when on, it is an error naming both: the block would
+    look protected and not be."""
+    if "enabled" not in data:
+        return {**data, "enabled": bool(given)}
+    if _written_as(data, "enabled", False) and given:
+        keys = ", ".join(given)
+        raise ValueError(f"enabled: false switches {what} off, so {keys} would be ignored; "
+                         f"remove enabled: false ({what} then follows from the block) or "
+                         f"remove {keys}")
+    return data
+
+
 class AuthConfig(_Strict):
     """Who may call (the guide's ``server.auth``)."""
 
@@ -291,6 +273,25 @@ class AuthConfig(_Strict):
     failed_attempts_window: Duration = Field(default=60.0, gt=0)
     """The window ``max_failed_attempts`` refills over."""
     api_keys: list[str | ApiKey] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _enabled_follows_the_block(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return _switch(data, "authentication", [
+            *(k for k in ("api_keys", "jwks_url", "issuer", "audience") if data.get(k)),
+            *(["require_auth"] if _written_as(data, "require_auth", True) else [])])
+
+    @model_validator(mode="after")
+    def _excluded_paths_open_one_service_at_most(self) -> AuthConfig:
+        # The interceptor admits every method under a path ending in "/": "/" would be all.
+        if wide := [p for p in self.excluded_paths
+                    if p.endswith("/") and not re.fullmatch(r"/[^/]+/", p)]:
+            raise ValueError(f"excluded_paths: {', '.join(map(repr, wide))} would open more "
+                             "than one service; a path ending in / names one whole service "
+                             "(/pkg.Service/)")
+        return self
 
     @model_validator(mode="after")
     def _asymmetric_only(self) -> AuthConfig:
@@ -327,9 +328,17 @@ class RateLimitConfig(_Strict):
     """The guide's ``server.rate_limiting``: tool calls a minute, globally or per principal."""
 
     enabled: bool = False
-    requests_per_minute: int = Field(default=60, gt=0)
-    burst: int = Field(default=10, gt=0)
+    requests_per_minute: Count = 60
+    burst: Count = 10
     per_user: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _enabled_follows_the_block(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return _switch(data, "rate limiting",
+                       [k for k in ("requests_per_minute", "burst", "per_user") if k in data])
 
 
 class _Toggle(_Strict):
@@ -366,12 +375,12 @@ class ServerConfig(_Strict):
     """Addresses: ``HOST:PORT`` or ``unix:PATH``."""
     path: str = "/usr/local/bin:/usr/bin:/bin"
     """The fixed PATH that resolves argv[0]; a request can never change it."""
-    max_concurrent_runs: int = Field(default=64, gt=0)
+    max_concurrent_runs: Count = 64
     tls: TlsConfig | None = None
     allow_remote_plaintext: bool = False
     """Serve plaintext on non-loopback addresses (credentials then cross the network in the
     clear). Only for a network that is itself encrypted and trusted."""
-    unix_uids: list[int] | None = None
+    unix_uids: list[Uid] | None = None
     """Uids that may call over unix sockets (SO_PEERCRED); default: the daemon's own."""
     auth: AuthConfig = AuthConfig()
     rate_limiting: RateLimitConfig = RateLimitConfig()
@@ -397,10 +406,16 @@ class LoggerConfig(_Strict):
     format: Literal["json", "text"] = "json"
 
 
+def _version(value: object) -> object:
+    if value in ("2", 2) and not isinstance(value, bool):
+        return "2"
+    raise ValueError('only "2" is supported (this daemon reads the version 2 policy format)')
+
+
 class PolicyConfig(_Strict):
     """A whole policy file."""
 
-    version: str = "2"
+    version: Annotated[Literal["2"], BeforeValidator(_version)] = "2"
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     server: ServerConfig = ServerConfig()
@@ -430,6 +445,10 @@ class PolicyConfig(_Strict):
                                     "apply to command tools only")
             elif tool.handler is not None:
                 problems.append(f"tools.{name}.handler: only function tools have a handler")
+            if tool.allowed_commands and not tool.deny_by_default:
+                problems.append(f"tools.{name}: allowed_commands has no effect with "
+                                "deny_by_default: false (every command not denied runs); "
+                                "remove one of the two")
             for command in (*tool.allowed_commands, *tool.denied_commands):
                 if not command or "/" in command or command in (".", ".."):
                     problems.append(f"tools.{name}: {command!r} is not a bare command name")
