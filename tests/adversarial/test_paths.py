@@ -178,3 +178,13 @@ def test_no_path_error_carries_the_hosts_path(client: Client, daemon: Daemon) ->
     (daemon.workspace / "leak-loop").symlink_to("leak-loop")
     error = _refused_cwd(client, "leak-loop")
     assert str(daemon.root) not in error.message
+
+
+def test_a_refusal_does_not_reveal_whether_an_outside_path_exists(client: Client,
+                                                                  daemon: Daemon) -> None:
+    (daemon.workspace / "to-existing").symlink_to("/etc")
+    (daemon.workspace / "to-missing").symlink_to("/nonexistent-execgate-test")
+    existing = _refused_cwd(client, "to-existing")
+    missing = _refused_cwd(client, "to-missing")
+    assert existing.message.replace("to-existing", "X") == missing.message.replace(
+        "to-missing", "X")
