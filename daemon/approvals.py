@@ -26,6 +26,7 @@ from execgate.daemon.model import CommandPlan, Denial, DenialKind, Plan, Princip
 
 MAX_PENDING = 1024
 """Requests waiting at once; more are refused rather than queued without bound."""
+STOPPING = "the daemon is stopping"
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,13 @@ class Approvals:
         self._audit = audit
         self._clock = clock
         self._pending: dict[str, Pending] = {}
-        self._watchers: dict[asyncio.Queue[WatchEvent], Principal] = {}
+        self._watchers: dict[asyncio.Queue[WatchEvent | None], Principal] = {}
+        self._closed = False
 
     def open(self, requester: Principal, plan: Plan, prompt: str) -> Pending:
         """Register a request; its id goes to the caller and to entitled watchers."""
+        if self._closed:
+            raise Denial(DenialKind.UNAVAILABLE, f"{STOPPING}; nothing ran", "server")
         if len(self._pending) >= MAX_PENDING:
             raise Denial(DenialKind.RESOURCE_EXHAUSTED,
                          f"{MAX_PENDING} approvals are already pending; retry later",
@@ -165,16 +169,30 @@ class Approvals:
 
     async def watch(self, principal: Principal) -> AsyncIterator[WatchEvent]:
         """What ``principal`` may decide: pending requests first, then news as it comes."""
-        queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
+        queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
         for pending in list(self._pending.values()):
             if self.may_decide(principal, pending):
                 queue.put_nowait(pending)
+        if self._closed:
+            return
         self._watchers[queue] = principal
         try:
-            while True:
-                yield await queue.get()
+            while (event := await queue.get()) is not None:
+                yield event
         finally:
             del self._watchers[queue]
+
+    def close(self) -> None:
+        """Shutdown: withdraw every pending request at once (nothing ran, nothing will) and
+        end every watch, so that no call waits out the daemon's grace."""
+        self._closed = True
+        for pending in list(self._pending.values()):
+            if not pending.decision.done():
+                pending.decision.set_exception(
+                    Denial(DenialKind.UNAVAILABLE, f"{STOPPING}; nothing ran", "server"))
+            self._close(pending, "withdrawn", None, STOPPING)
+        for queue in self._watchers:
+            queue.put_nowait(None)
 
     def _publish(self, event: WatchEvent, pending: Pending | None = None) -> None:
         subject = pending or event
@@ -182,12 +200,13 @@ class Approvals:
             if isinstance(subject, Pending) and self.may_decide(principal, subject):
                 queue.put_nowait(event)
 
-    def _close(self, pending: Pending, outcome: str, decision: Decision | None) -> None:
+    def _close(self, pending: Pending, outcome: str, decision: Decision | None,
+               reason: str = "") -> None:
         if self._pending.pop(pending.id, None) is None:
             return
         self._audit.approval(f"approval.{outcome}", pending,
                              decision.decider if decision else None,
-                             reason=decision.reason if decision else "")
+                             reason=decision.reason if decision else reason)
         self._publish(Resolved(pending.id, outcome,
                                decision.decider.subject if decision else ""), pending)
 

@@ -6,6 +6,10 @@ so the command blocks on its own writes instead of the daemon buffering. Past th
 limit nothing is buffered either: bytes are read, counted as dropped, and the run is stopped.
 The exit status comes from the sandbox helper's report (the job's init waits for the
 command and supplies its rusage), so no thread waits per child.
+
+Every run ends in exactly one Exit, handed to ``on_exit`` as soon as it is known, whether or
+not anyone still reads ``events()``: a caller that went away, or a daemon that stops, still
+leaves a record of how the run ended.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
 
 from execgate.daemon.model import (
     CommandPlan,
@@ -37,13 +43,15 @@ EOF_GRACE = 0.5
 process that escaped the session may hold a pipe open, and must not hold the call with it."""
 
 Clock = Callable[[], float]
+OnExit = Callable[[Exit], None]
+"""Told, once, how a run ended."""
 
 
 class CommandRun:
     """A running command; ``events()`` yields its output and then exactly one Exit."""
 
     @classmethod
-    def start(cls, spawner: Spawner, plan: CommandPlan, layers: Layers,
+    def start(cls, spawner: Spawner, plan: CommandPlan, layers: Layers, on_exit: OnExit,
               clock: Clock = time.monotonic) -> CommandRun:
         """Make the job's pipes, hand their far ends to the sandbox, and start pumping."""
         ours: list[int] = []
@@ -68,12 +76,13 @@ class CommandRun:
             for fd in theirs:
                 os.close(fd)
         stdin = ours.pop(0) if plan.stdin else None
-        return cls(job, stdin, ours[0], ours[1], plan.limits, clock)
+        return cls(job, stdin, ours[0], ours[1], plan.limits, on_exit, clock)
 
     def __init__(self, job: Job, stdin: int | None, stdout: int, stderr: int, limits: Limits,
-                 clock: Clock = time.monotonic) -> None:
+                 on_exit: OnExit, clock: Clock = time.monotonic) -> None:
         self._loop = asyncio.get_running_loop()
         self._job = job
+        self._report_exit = on_exit
         self.layers: Layers | None = job.layers
         """The kernel layers confining the command."""
         self._limits = limits
@@ -139,6 +148,10 @@ class CommandRun:
         self._resume()
         self._stop(ExitReason.CANCELLED)
 
+    def stop(self, reason: ExitReason) -> None:
+        """End the run for ``reason``: SIGTERM now, SIGKILL after the tool's kill grace."""
+        self._stop(reason)
+
     # -- the pipes' and the child's side ------------------------------------------------
 
     def _on_readable(self, fd: int) -> None:
@@ -199,12 +212,15 @@ class CommandRun:
         self._maybe_finish()
 
     def _stop(self, reason: ExitReason) -> None:
-        if self._status is not None or self._stop_reason is not None:
+        if self._status is not None:
             return
-        self._stop_reason = reason
+        stopping = self._stop_reason is not None
+        self._stop_reason = self._stop_reason or reason  # the first reason is the true one
         self.close_stdin()
-        if reason is ExitReason.CANCELLED:
+        if reason is ExitReason.CANCELLED:  # nobody waits for a graceful end, even mid-grace
             self._job.signal_group(signal.SIGKILL)
+            return
+        if stopping:
             return
         self._job.signal_group(signal.SIGTERM)
         self._timers.append(self._loop.call_later(
@@ -220,13 +236,15 @@ class CommandRun:
         status = self._status
         reason = _reason(status, self._stop_reason)
         message = status.error or _REASON_TEXT.get(reason, "").format(limits=self._limits)
-        self._queue.put_nowait(Exit(
+        exit = Exit(
             reason=reason, exit_code=status.exit_code, signal=status.signal,
             message=message,
             wall_time=self._clock() - self._started, user_time=status.user_time,
             system_time=status.system_time, max_rss_bytes=status.max_rss_bytes,
             stdout_bytes=self._offsets[Stream.STDOUT], stderr_bytes=self._offsets[Stream.STDERR],
-            dropped_bytes=self._dropped))
+            dropped_bytes=self._dropped)
+        self._report_exit(exit)  # recorded before the caller can see it
+        self._queue.put_nowait(exit)
 
     async def _writable(self, fd: int) -> None:
         ready: asyncio.Future[None] = self._loop.create_future()
@@ -247,7 +265,7 @@ def _reason(status: ExitStatus, stopped: ExitReason | None) -> ExitReason:
     the signal it used."""
     if status.error is not None:
         return ExitReason.SANDBOX_ERROR
-    if stopped is ExitReason.CANCELLED:
+    if stopped in (ExitReason.CANCELLED, ExitReason.DAEMON_STOPPING):
         return stopped
     if status.oom_kills:
         return ExitReason.MEMORY_LIMIT
@@ -262,6 +280,7 @@ _REASON_TEXT = {
     ExitReason.TIMEOUT: "stopped at its deadline of {limits.timeout:g}s",
     ExitReason.OUTPUT_LIMIT: "stopped when its output passed {limits.output_limit_bytes} bytes",
     ExitReason.CANCELLED: "cancelled by the caller",
+    ExitReason.DAEMON_STOPPING: "stopped because the daemon is stopping",
     ExitReason.MEMORY_LIMIT: "killed by the kernel at the job's memory limit",
     ExitReason.PIDS_LIMIT: "hit the job's process limit (forks were refused)",
 }
@@ -273,29 +292,43 @@ class FunctionRun:
     layers: Layers | None = None
     """Function tools run in the daemon, confined by construction, not by kernel layers."""
 
-    def __init__(self, plan: FunctionPlan, clock: Clock = time.monotonic) -> None:
+    def __init__(self, plan: FunctionPlan, on_exit: OnExit,
+                 clock: Clock = time.monotonic) -> None:
         self._plan = plan
+        self._on_exit: OnExit | None = on_exit
         self._clock = clock
+        self._started = clock()
+        self._stopped: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
 
     async def events(self) -> AsyncIterator[RunEvent]:
         """The tool's result as stdout chunks, then the Exit."""
-        started = self._clock()
+        # The handler's thread cannot be interrupted: a stop ends the wait, not the thread,
+        # which its size limits bound.
+        work = asyncio.ensure_future(asyncio.to_thread(run_function, self._plan))
+        waited: set[asyncio.Future[Any]] = {work, self._stopped}
         try:
-            data = await asyncio.wait_for(asyncio.to_thread(run_function, self._plan),
-                                          self._plan.limits.timeout)
-        except ToolError as exc:
-            yield Exit(reason=ExitReason.TOOL_ERROR, exit_code=1, message=str(exc),
-                       wall_time=self._clock() - started)
-            return
-        except TimeoutError:
-            yield Exit(reason=ExitReason.TIMEOUT, exit_code=1,
-                       message=f"stopped at its deadline of {self._plan.limits.timeout:g}s",
-                       wall_time=self._clock() - started)
-            return
+            await asyncio.wait(waited, timeout=self._plan.limits.timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished = work.done()
+            if not finished:
+                work.cancel()
+        data = b""
+        if finished and isinstance(error := work.exception(), ToolError):
+            exit = Exit(reason=ExitReason.TOOL_ERROR, exit_code=1, message=str(error))
+        elif finished:
+            data = work.result()
+            exit = Exit(reason=ExitReason.EXITED, stdout_bytes=len(data))
+        elif self._stopped.done():
+            reason = self._stopped.result()
+            exit = Exit(reason=reason, exit_code=1, message=_REASON_TEXT[reason])
+        else:
+            exit = Exit(reason=ExitReason.TIMEOUT, exit_code=1,
+                        message=f"stopped at its deadline of {self._plan.limits.timeout:g}s")
+        exit = self._finish(exit)
         for offset in range(0, len(data), CHUNK):
             yield Output(Stream.STDOUT, offset, data[offset:offset + CHUNK])
-        yield Exit(reason=ExitReason.EXITED, wall_time=self._clock() - started,
-                   stdout_bytes=len(data))
+        yield exit
 
     async def write_stdin(self, data: bytes) -> None:
         """Function tools read no stdin."""
@@ -307,7 +340,23 @@ class FunctionRun:
         """Function tools run in the daemon and take no signals."""
 
     def cancel(self) -> None:
-        """Nothing to kill: the handler is bounded by its size limits."""
+        """The caller is gone: the result is dropped (the handler's thread runs out)."""
+        self.stop(ExitReason.CANCELLED)
+        self._finish(Exit(reason=ExitReason.CANCELLED, exit_code=1,
+                          message=_REASON_TEXT[ExitReason.CANCELLED]))
+
+    def stop(self, reason: ExitReason) -> None:
+        """End the call for ``reason`` without its result."""
+        if not self._stopped.done():
+            self._stopped.set_result(reason)
+
+    def _finish(self, exit: Exit) -> Exit:
+        """``exit`` with its wall time; the first one is recorded."""
+        exit = replace(exit, wall_time=self._clock() - self._started)
+        if self._on_exit is not None:
+            on_exit, self._on_exit = self._on_exit, None
+            on_exit(exit)
+        return exit
 
 
 Run = CommandRun | FunctionRun

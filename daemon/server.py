@@ -142,10 +142,10 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
     _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
     # The helper starts before the gRPC server, as a fresh exec: nothing forks this process.
     spawner = Spawner.start()
-    spawner.attach(asyncio.get_running_loop())
+    audit = Audit()
+    spawner.attach(asyncio.get_running_loop(), audit)
     for level, message in sandbox_report(policy, spawner.host):
         getattr(log, level)("sandbox", detail=message)
-    audit = Audit()
     access = Access(config)
     jwks = None
     if config.server.auth.jwt:
@@ -198,9 +198,7 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
         relay = UnixRelay(set(uids) if uids is not None else {os.geteuid()})
         internal = grpc_server(AuthInterceptor(authenticator, audit, relay.uid_for))
         relay.internal_port = internal.add_insecure_port("127.0.0.1:0")
-        log.info("unix.relay", audit=True,
-                 internal=f"127.0.0.1:{relay.internal_port}",
-                 detail="admits only connections relayed from the unix sockets")
+        audit.unix_relay(f"127.0.0.1:{relay.internal_port}")
         servers.append(internal)
     for server in servers:
         await server.start()
@@ -222,11 +220,15 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
     await stop.wait()
     log.info("stopping", runs=exec_service.active_runs)
     await health.enter_graceful_shutdown()
-    exec_service.cancel_all()
+    approvals.close()  # nothing ran for them: no reason to hold the stop
+    exec_service.stop_all()
     if relay is not None:
         relay.close()
-    for server in servers:
-        await server.stop(SHUTDOWN_GRACE)
+    await asyncio.gather(*(server.stop(SHUTDOWN_GRACE) for server in servers))
+    # Calls still open at the grace were cancelled, which kills their runs: the helper's
+    # reports of those deaths are what the audit records, so it must outlive them.
+    if not await exec_service.wait_ended(SHUTDOWN_GRACE):
+        log.warning("runs.unrecorded", runs=exec_service.active_runs)
     spawner.close()
     if jwks is not None:
         jwks.stop()

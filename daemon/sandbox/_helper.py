@@ -348,7 +348,10 @@ class Helper:
 def main() -> None:
     """Entry point: ``python -m execgate.daemon.sandbox._helper FD DAEMON_PID``."""
     daemon = socket.socket(fileno=int(sys.argv[1]))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    # The daemon decides when we stop: a signal to its whole process group (Ctrl-C, a
+    # service manager's SIGTERM) must reach its jobs through it, as DAEMON_STOPPING.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     userns_error, in_userns = None, False
     if os.geteuid() != 0:
         try:

@@ -17,8 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
+from execgate.daemon.audit import Audit
 from execgate.daemon.model import CommandPlan, Denial, DenialKind
 from execgate.daemon.sandbox import _wire
 from execgate.daemon.sandbox._host import HostSupport, Layers, layers_for
@@ -91,9 +90,10 @@ class Spawner:
         """Start the helper (before any gRPC server exists) and wait for its host probe."""
         return cls(*_launch())
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Receive the helper's reports on ``loop``."""
+    def attach(self, loop: asyncio.AbstractEventLoop, audit: Audit) -> None:
+        """Receive the helper's reports on ``loop``; record the helper's deaths in ``audit``."""
         self._loop = loop
+        self._audit = audit
         loop.add_reader(self._sock, self._on_message)
 
     def layers(self, plan: CommandPlan) -> Layers:
@@ -137,17 +137,17 @@ class Spawner:
         The new one is a fresh exec, like the first: this process still never forks."""
         self._sock.close()
         self._proc.wait()
-        log.error("sandbox.helper_died", status=self._proc.returncode, reason=self._broken)
+        self._audit.helper_died(self._proc.returncode, self._broken or "it exited")
         try:
             self._proc, self._sock, self.host = _launch()
         except (SpawnerError, OSError) as exc:
             self._broken = f"it died and could not be restarted: {exc}"
-            log.error("sandbox.helper_restart_failed", reason=str(exc))
+            self._audit.helper_restart_failed(str(exc))
             return
         self._broken = None
         if self._loop is not None:
             self._loop.add_reader(self._sock, self._on_message)
-        log.warning("sandbox.helper_restarted", audit=True, pid=self._proc.pid)
+        self._audit.helper_restarted(self._proc.pid)
 
     def _fail_all(self, reason: str) -> None:
         self._broken = reason
@@ -186,7 +186,6 @@ def _launch() -> tuple[subprocess.Popen[bytes], socket.socket, HostSupport]:
     return proc, ours, HostSupport.from_probe(message["host"])
 
 
-log = structlog.get_logger()
 _RLIMITS = (("RLIMIT_CPU", "cpu_time"), ("RLIMIT_FSIZE", "file_size"),
             ("RLIMIT_NOFILE", "open_files"), ("RLIMIT_AS", "address_space"))
 

@@ -2,7 +2,12 @@
 
 identity (interceptor) -> rate limit -> access -> policy -> approval -> run slot -> sandbox
 -> stream, each step audited. Run slots are taken after approval, so that a call waiting
-minutes for a person holds no slot.
+minutes for a person holds no slot; a slot is given back when its run has ended (not when
+its caller left), and that end is audited whether or not anyone still listens.
+
+The caller's stream is read by a task of its own for the whole call. That task is never
+cancelled: grpc.aio leaks native memory for a read cancelled in flight (grpc/grpc#43360).
+It ends by itself when the caller half-closes or when the call finishes.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from execgate.daemon.model import (
     Denial,
     DenialKind,
     Exit,
+    ExitReason,
     FunctionPlan,
     Plan,
     Principal,
     ToolCall,
 )
 from execgate.daemon.policy import Policy
-from execgate.daemon.runs import CommandRun, FunctionRun, Run
+from execgate.daemon.runs import CommandRun, FunctionRun, OnExit, Run
 from execgate.daemon.sandbox import Layers, Spawner
 from execgate.daemon.services import _convert
 from execgate.daemon.services._errors import abort
@@ -55,7 +61,7 @@ async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
     while True:
         try:
             request = await anext(iterator)
-        except StopAsyncIteration:
+        except (StopAsyncIteration, grpc.aio.UsageError):  # half-closed, or the call is over
             return
         except DecodeError as exc:
             raise Denial(DenialKind.INVALID_ARGUMENT,
@@ -145,7 +151,10 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self._spawner = spawner
         self._approvals = approvals
         self._audit = audit
-        self._runs: set[Run] = set()
+        self._runs: dict[str, Run] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
 
     # Overrides the generated signature: this handler writes with context.write, so that
     # the control task can read the stream while events are written.
@@ -164,6 +173,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                                         "the first message of Execute must be start"))
         call = _convert.tool_call(first.start)
         try:
+            self._check_serving()
             self._limiter.check(principal)
             agent_name, agent = self._access.agent_for(principal, call.agent)
             plan = self._policy.plan(agent_name, agent, call)
@@ -175,16 +185,13 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             await abort(context, denial)
         control = _Control(call, principal, self._approvals)
         reader = asyncio.create_task(control.read(requests))
+        reader.add_done_callback(_settled)
         try:
             if prompt is not None:
                 await self._ask(context, control, reader, principal, plan, prompt, layers)
             await self._run(context, control, reader, principal, call, plan, layers)
         except Denial as denial:
             await abort(context, denial)
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Denial):
-                await reader
 
     async def _ask(self, context: grpc.aio.ServicerContext, control: _Control,
                    reader: asyncio.Task[None], principal: Principal, plan: Plan, prompt: str,
@@ -211,25 +218,28 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                    reader: asyncio.Task[None], principal: Principal, call: ToolCall,
                    plan: Plan, layers: Layers | None) -> None:
         try:
+            self._check_serving()  # an approval may have been decided while it stopped
             self._slots.acquire()
         except Denial as denial:
             self._audit.denied(principal, call, denial)
             raise
+        run_id = uuid.uuid4().hex
         try:
-            run = self._start(plan, layers)
-        except OSError as exc:
+            run = self._start(plan, layers, self._on_exit(run_id, principal))
+        except (OSError, Denial) as exc:
             self._slots.release()
+            if isinstance(exc, Denial):
+                raise
             raise Denial(DenialKind.UNAVAILABLE,
                          f"could not start {plan.executable}: {exc.strerror}") from None
-        run_id = uuid.uuid4().hex
         self._audit.started(run_id, principal, plan)
-        self._runs.add(run)
+        self._runs[run_id] = run
+        self._idle.clear()
         try:
             await control.attach(run)
             await context.write(_convert.accepted(run_id, plan, run.layers))
             async for event in run.events():
                 if isinstance(event, Exit):
-                    self._audit.exited(run_id, principal, event)
                     if reader.done() and isinstance(err := reader.exception(), Denial):
                         raise err
                     await context.write(_convert.exit_message(event))
@@ -237,21 +247,50 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                     await context.write(_convert.output(event))
         finally:
             run.cancel()  # a no-op once the run has exited
-            self._runs.discard(run)
-            self._slots.release()
 
-    def _start(self, plan: Plan, layers: Layers | None) -> Run:
+    def _start(self, plan: Plan, layers: Layers | None, on_exit: OnExit) -> Run:
         if isinstance(plan, FunctionPlan):
-            return FunctionRun(plan)
+            return FunctionRun(plan, on_exit)
         assert layers is not None  # computed for every command plan, before any approval
-        return CommandRun.start(self._spawner, plan, layers)
+        return CommandRun.start(self._spawner, plan, layers, on_exit)
+
+    def _on_exit(self, run_id: str, principal: Principal) -> OnExit:
+        def ended(exit: Exit) -> None:
+            self._audit.exited(run_id, principal, exit)
+            if self._runs.pop(run_id, None) is not None:
+                self._slots.release()
+            if not self._runs:
+                self._idle.set()
+        return ended
+
+    def _check_serving(self) -> None:
+        if self._stopping:
+            raise Denial(DenialKind.UNAVAILABLE,
+                         "the daemon is stopping; retry when it is back", "server")
 
     @property
     def active_runs(self) -> int:
         """Runs in progress."""
         return len(self._runs)
 
-    def cancel_all(self) -> None:
-        """Shutdown: kill every run in progress."""
-        for run in list(self._runs):
-            run.cancel()
+    def stop_all(self) -> None:
+        """Shutdown: refuse new calls and stop every run with DAEMON_STOPPING (SIGTERM, then
+        SIGKILL after the tool's kill grace); each caller gets its run's Exit."""
+        self._stopping = True
+        for run in list(self._runs.values()):
+            run.stop(ExitReason.DAEMON_STOPPING)
+
+    async def wait_ended(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until every run has ended and been recorded."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _settled(reader: asyncio.Task[None]) -> None:
+    """The caller's stream, read to its end after the call may have finished: what it ended
+    with was already acted on (or no longer matters)."""
+    if not reader.cancelled():
+        reader.exception()
