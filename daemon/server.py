@@ -195,7 +195,7 @@ async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
     relay = None
     if unix:
         uids = config.server.unix_uids
-        relay = UnixRelay(set(uids) if uids is not None else {os.geteuid()})
+        relay = UnixRelay(set(uids) if uids is not None else {os.geteuid()}, audit)
         internal = grpc_server(AuthInterceptor(authenticator, audit, relay.uid_for))
         relay.internal_port = internal.add_insecure_port("127.0.0.1:0")
         audit.unix_relay(f"127.0.0.1:{relay.internal_port}")
