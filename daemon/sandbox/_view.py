@@ -66,7 +66,13 @@ def enter(root: str, prepared: frozenset[str], read_paths: Iterable[str],
     """
     wanted = set(read_paths) - set(DEVICES) - {"/proc"}
     for path in sorted(prepared - wanted, reverse=True):
-        _linux.umount2(root + path, _linux.MNT_DETACH)
+        target = root + path
+        if os.path.islink(target):
+            os.unlink(target)
+            continue
+        _linux.umount2(target, _linux.MNT_DETACH)
+        with contextlib.suppress(OSError):  # the mount point itself must not show either
+            (os.rmdir if os.path.isdir(target) else os.unlink)(target)
     mounts: list[tuple[str, str]] = [(p, "read") for p in sorted(wanted - prepared)]
     mounts += [(p, "write") for p in write_paths if p not in DEVICES]
     mounts += [(p, "socket") for p in unix_sockets]

@@ -291,3 +291,22 @@ def test_a_sigkilled_daemon_or_helper_leaves_no_job_process(
         assert not alive
     finally:
         d.stop()
+
+
+def test_a_tool_with_fewer_read_paths_sees_fewer(tmp_path: Path) -> None:
+    """Read paths the tool does not list are not in its view, symlinks (/bin) included."""
+    text = policy("/nonexistent").replace(
+        "  loose:\n", "  narrow:\n    type: command\n    working_directory: ./workspace\n"
+        "    allowed_commands: [sh]\n    sandbox: {read_paths: [/usr, /lib, /lib64, /proc, "
+        "/dev/null, /etc/ld.so.cache], filesystem: off}\n  loose:\n").replace(
+        "tools: [shell, networked, named, loose]",
+        "tools: [shell, networked, named, loose, narrow]")
+    d = start_daemon(tmp_path, text)
+    try:
+        with d.client() as client:
+            r = client.run(["sh", "-c", "for p in /usr /lib /bin /etc/passwd /etc/hosts; do "
+                                        "[ -e $p ] && echo $p; done; true"],
+                           agent="dev", tool="narrow")
+        assert r.stdout.decode().split() == ["/usr", "/lib"], r.stderr
+    finally:
+        d.stop()
