@@ -1,7 +1,7 @@
 """``execgated``: serve a policy, check one, or check this host's sandbox.
 
     execgated serve [--config FILE] [--listen ADDR ...]
-    execgated check-config FILE
+    execgated check-config FILE [--listen ADDR ...]
     execgated doctor [--config FILE]
 """
 
@@ -34,14 +34,9 @@ from execgate.daemon.config import (
     parse_policy,
     unenforced,
 )
+from execgate.daemon.preflight import make_policy, preflight
 from execgate.daemon.sandbox import Spawner
-from execgate.daemon.server import (
-    StartupError,
-    listeners,
-    make_policy,
-    sandbox_report,
-    serve,
-)
+from execgate.daemon.server import StartupError, sandbox_report, serve
 
 EXIT_CONFIG = 2
 
@@ -61,9 +56,11 @@ def configure_logging(config: LoggerConfig) -> None:
         cache_logger_on_first_use=True)
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path, listen: list[str]) -> int:
+    """Exit 2 listing every problem serve would refuse (the same checks, from this directory)."""
     try:
-        loaded = load_policy(path)
+        loaded, known = _load(path, token="")
+        preflight(loaded.config, loaded.source, Path.cwd(), listen, known=known)
     except ConfigError as exc:
         print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
@@ -77,17 +74,26 @@ def _check_config(path: Path) -> int:
     return 0
 
 
-def _load(config_path: Path | None, token: str) -> LoadedPolicy:
-    if config_path is not None:
-        return load_policy(config_path)
-    env = {**expansion_env(None, Path.cwd()), "EXECGATE_LOCAL_TOKEN": token}
-    return parse_policy(DEFAULT_POLICY, "(embedded default)", env)
+def _load(config_path: Path | None, token: str) -> tuple[LoadedPolicy, list[str]]:
+    """The policy, and the problems that leave it whole (for preflight to list with its
+    own); raises ConfigError when the file itself does not validate."""
+    try:
+        if config_path is not None:
+            return load_policy(config_path), []
+        env = {**expansion_env(None, Path.cwd()), "EXECGATE_LOCAL_TOKEN": token}
+        return parse_policy(DEFAULT_POLICY, "(embedded default)", env), []
+    except ConfigError as exc:
+        if exc.config is None:
+            raise
+        return LoadedPolicy(config=exc.config, source=exc.source), exc.problems
 
 
 def _doctor(config_path: Path | None) -> int:
     """Print the sandbox layers this host supports; exit 1 when the policy needs a missing one."""
-    loaded = _load(config_path, token=secrets.token_urlsafe(8))  # doctor serves nothing
-    policy = make_policy(loaded.config, Path.cwd())
+    loaded, known = _load(config_path, token=secrets.token_urlsafe(8))  # doctor serves nothing
+    if known:
+        raise ConfigError(loaded.source, known)
+    policy = make_policy(loaded.config, loaded.source, Path.cwd())
     spawner = Spawner.start()
     try:
         host = spawner.host
@@ -136,7 +142,7 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
            tls: TlsConfig | None) -> int:
     # The embedded default gets a fresh local token so that only this user can call it.
     token = secrets.token_urlsafe(32) if config_path is None else None
-    loaded = _load(config_path, token or "")
+    loaded, known = _load(config_path, token or "")
     if auth or tls:
         server = loaded.config.server
         changes: dict[str, object] = {"auth": server.auth.model_copy(update=auth)}
@@ -150,7 +156,8 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
     log = structlog.get_logger()
     for warning in (*loaded.warnings, *unenforced(loaded.config)):
         log.warning("config", warning=warning)
-    addresses = listeners(loaded.config, listen)
+    checked = preflight(loaded.config, loaded.source, Path.cwd(), listen,
+                        create_jails=config_path is None, known=known)
 
     def ready(bound: list[str]) -> None:
         if token is not None:
@@ -160,8 +167,7 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
                   "clients send 'authorization: Bearer <token>')", flush=True)
         print(f"execgated: serving on {', '.join(bound)}", flush=True)
 
-    asyncio.run(serve(loaded.config, addresses, Path.cwd(), ready,
-                      create_jails=config_path is None))
+    asyncio.run(serve(loaded.config, checked, ready))
     return 0
 
 
@@ -177,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="HOST:PORT or unix:PATH; repeatable; overrides the policy")
     check_cmd = commands.add_parser("check-config", help="validate a policy file")
     check_cmd.add_argument("file", type=Path)
+    check_cmd.add_argument("--listen", action="append", default=[], metavar="ADDR",
+                           help="the addresses serve would be given, if the policy has none")
     for cmd in (serve_cmd,):
         auth = cmd.add_argument_group("authentication (the guide's flags; they override the "
                                       "policy's server.auth)")
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            return _check_config(args.file)
+            return _check_config(args.file, args.listen)
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "hash-key":

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import structlog
@@ -19,11 +16,12 @@ from grpc_reflection.v1alpha import reflection
 from execgate.daemon.access import Access
 from execgate.daemon.approvals import Approvals
 from execgate.daemon.audit import Audit
-from execgate.daemon.auth import Authenticator, JwksCache, JwtVerifier, check_jwks_url
+from execgate.daemon.auth import Authenticator, JwksCache, JwtVerifier
 from execgate.daemon.config import PolicyConfig
 from execgate.daemon.limits import RateLimiter, RunSlots
 from execgate.daemon.model import Denial
-from execgate.daemon.policy import ConfinementError, Policy
+from execgate.daemon.policy import Policy
+from execgate.daemon.preflight import Preflight
 from execgate.daemon.sandbox import HostSupport, Spawner, _linux, layers_for
 from execgate.daemon.services import AgentService, ApprovalService, AuthInterceptor, ExecService
 from execgate.daemon.tls import ReloadingCredentials
@@ -51,70 +49,6 @@ class StartupError(Exception):
     """The daemon cannot start as configured; the message says what to change."""
 
 
-@dataclass(frozen=True)
-class Listener:
-    """An address to serve on: ``HOST:PORT`` or ``unix:PATH``."""
-
-    address: str
-
-    @property
-    def is_unix(self) -> bool:
-        """Whether this is a unix socket."""
-        return self.address.startswith("unix:")
-
-    def check(self, tls: bool) -> None:
-        """Refuse plaintext on anything but loopback and unix sockets."""
-        if self.is_unix:
-            return
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not port.isdigit():
-            raise StartupError(f"listen address {self.address!r} is not HOST:PORT or unix:PATH")
-        host = host.strip("[]")
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback and not tls:
-            raise StartupError(f"listen address {self.address!r}: plaintext gRPC is only "
-                               "served on loopback (127.0.0.1, ::1) or a unix socket; "
-                               "configure server.tls (or --tls-cert/--tls-key), or force it "
-                               "with server.allow_remote_plaintext")
-
-
-def listeners(config: PolicyConfig, flags: list[str]) -> list[Listener]:
-    """``--listen`` flags win over the policy's ``server.listen`` and ``server.port``."""
-    addresses = flags or config.server.listen or (
-        [f"127.0.0.1:{config.server.port}"] if config.server.port is not None else [])
-    if not addresses:
-        raise StartupError("nowhere to listen: give --listen, server.listen or server.port")
-    result = [Listener(a) for a in addresses]
-    for listener in result:
-        listener.check(tls=config.server.tls is not None
-                       or config.server.allow_remote_plaintext)
-    return result
-
-
-def check_jails(policy: Policy, create: bool) -> None:
-    """Every tool's working directory must exist (the embedded default creates its own)."""
-    for tool, jail in policy.jails.items():
-        if create:
-            # Readable by the run_as user, as a directory made by hand would be.
-            jail.mkdir(mode=0o755, parents=True, exist_ok=True)
-        if not jail.is_dir():
-            raise StartupError(f"tools.{tool}.working_directory: {jail} does not exist; "
-                               "create it, or point the tool at an existing directory")
-
-
-def make_policy(config: PolicyConfig, base: Path) -> Policy:
-    """The policy, with every tool's sandbox resolved (run_as users exist, and so on)."""
-    try:
-        if config.server.auth.jwt:
-            check_jwks_url(config.server.auth.jwks_url or "")
-        return Policy(config, base)
-    except (ConfinementError, ValueError) as exc:
-        raise StartupError(str(exc)) from None
-
-
 def sandbox_report(policy: Policy, host: HostSupport) -> list[tuple[str, str]]:
     """(level, message) for each tool whose sandbox this host cannot fully give."""
     out = []
@@ -133,11 +67,11 @@ def sandbox_report(policy: Policy, host: HostSupport) -> list[tuple[str, str]]:
     return out
 
 
-async def serve(config: PolicyConfig, addresses: list[Listener], base: Path,
-                on_ready: Callable[[list[str]], None], create_jails: bool = False) -> None:
-    """Serve until SIGTERM or SIGINT, then stop runs and drain calls."""
-    policy = make_policy(config, base)
-    check_jails(policy, create_jails)
+async def serve(config: PolicyConfig, checked: Preflight,
+                on_ready: Callable[[list[str]], None]) -> None:
+    """Serve ``checked`` (see ``preflight``) until SIGTERM or SIGINT, then stop runs and
+    drain calls."""
+    policy, addresses = checked.policy, checked.listeners
     # No command may read this process's memory or environment through /proc or ptrace.
     _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
     # The helper starts before the gRPC server, as a fresh exec: nothing forks this process.

@@ -17,7 +17,7 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
-from execgate.daemon.config._schema import PolicyConfig
+from execgate.daemon.config._schema import PolicyConfig, policy_version
 from execgate.daemon.config._yaml import read_yaml
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -32,11 +32,17 @@ PLATFORM_TOOLS = frozenset({"search", "web_request"})
 
 
 class ConfigError(Exception):
-    """A policy that cannot be used; ``problems`` lists each with its key path."""
+    """A policy that cannot be used; ``problems`` lists each with its key path.
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    ``config`` is the policy as validated when its problems leave it whole (an undefined
+    tool, a version, a variable not set), so that the host's checks can still run and every
+    problem be listed at once; None when the file did not validate."""
+
+    def __init__(self, source: str, problems: list[str],
+                 config: PolicyConfig | None = None) -> None:
         self.source = source
         self.problems = problems
+        self.config = config
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
@@ -173,6 +179,11 @@ def parse_policy(text: str, source: str, env: Mapping[str, str]) -> LoadedPolicy
         raise ConfigError(source, ["the top level must be a mapping of keys"])
     problems: list[str] = []
     expanded = _expand(raw, env, (), problems)
+    # The version is the file's header, checked apart so that the rest is still validated.
+    try:
+        policy_version(expanded.pop("version", "2"))
+    except ValueError as exc:
+        problems.append(f"version: {exc}")
     try:
         config = PolicyConfig.model_validate(expanded)
     except ValidationError as exc:
@@ -180,7 +191,7 @@ def parse_policy(text: str, source: str, env: Mapping[str, str]) -> LoadedPolicy
         raise ConfigError(source, problems) from None
     problems.extend(_undefined_tools(config))
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, problems, config)
     return LoadedPolicy(config=config, source=source, warnings=_warnings(raw, config))
 
 

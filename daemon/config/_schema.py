@@ -406,7 +406,8 @@ class LoggerConfig(_Strict):
     format: Literal["json", "text"] = "json"
 
 
-def _version(value: object) -> object:
+def policy_version(value: object) -> str:
+    """The policy format's version: "2" (or 2) only."""
     if value in ("2", 2) and not isinstance(value, bool):
         return "2"
     raise ValueError('only "2" is supported (this daemon reads the version 2 policy format)')
@@ -415,7 +416,7 @@ def _version(value: object) -> object:
 class PolicyConfig(_Strict):
     """A whole policy file."""
 
-    version: Annotated[Literal["2"], BeforeValidator(_version)] = "2"
+    version: Annotated[Literal["2"], BeforeValidator(policy_version)] = "2"
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     server: ServerConfig = ServerConfig()

@@ -129,8 +129,10 @@ def _execgated(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
-def test_check_config_accepts_the_production_example() -> None:
-    result = _execgated("check-config", str(PRODUCTION))
+def test_check_config_accepts_the_production_example(tmp_path: Path) -> None:
+    """From a directory where it is served: its jail ./workspace exists."""
+    (tmp_path / "workspace").mkdir()
+    result = _execgated("check-config", str(PRODUCTION), cwd=tmp_path)
     assert result.returncode == 0
     assert "not enforced: server.observability.tracing" in result.stdout
 
