@@ -166,3 +166,21 @@ def test_a_refusal_says_whether_it_escapes_and_never_names_the_host(jail: Path) 
 def test_a_nul_byte_is_refused(root_fd: int) -> None:
     with pytest.raises(PathRefused, match="NUL"):
         open_beneath(root_fd, "dir\0x", O_PATH)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.EAGAIN])
+def test_the_walk_answers_when_openat2_cannot(monkeypatch: pytest.MonkeyPatch, root_fd: int,
+                                              code: int) -> None:
+    """ENOSYS: a kernel before 5.6; EAGAIN: a rename on the host kept racing ``..``."""
+    def unavailable(*_: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr("execgate.daemon.beneath.openat2", unavailable)
+    fd = open_beneath(root_fd, "file-link", os.O_RDONLY)
+    try:
+        assert os.read(fd, 100) == b"inside"
+    finally:
+        os.close(fd)
+    with pytest.raises(PathRefused) as info:
+        open_beneath(root_fd, "out/key", os.O_RDONLY)
+    assert info.value.escapes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,12 @@ def test_a_read_window_beyond_a_64_bit_offset_is_invalid(policy: Policy, name: s
 def test_the_largest_offset_the_kernel_takes_is_allowed(policy: Policy) -> None:
     p = plan(policy, tool="read_file", arguments={"path": "f", "offset": str(2**63 - 1)})
     assert isinstance(p, FunctionPlan)
+
+
+def test_a_cwd_whose_real_name_is_not_utf8_is_invalid(policy: Policy, tmp_path: Path) -> None:
+    """The plan travels as UTF-8 text; a name it cannot carry is refused, not crashed on."""
+    odd = os.fsdecode(b"dir-\xff")
+    (tmp_path / "jail" / odd).mkdir()
+    (tmp_path / "jail" / "odd").symlink_to(odd)
+    d = denial(policy, argv=("ls",), cwd="odd")
+    assert (d.kind, d.rule) == (DenialKind.INVALID_ARGUMENT, "tools.sh.working_directory")
