@@ -172,12 +172,12 @@ def open_beneath(dir_fd: int, path: str, flags: int, mode: int = 0o644) -> int:
             try:
                 return openat2(dir_fd, path, flags, mode)
             except OSError as exc:
-                # EAGAIN: a rename somewhere on the host raced a ``..``; the walk needs no
-                # retry since it never asks the kernel for ``..``.
-                if exc.errno not in (errno.EAGAIN, errno.ENOSYS):
-                    raise
                 if exc.errno == errno.ENOSYS:
                     break
+                # EAGAIN: a rename somewhere on the host raced a ``..``. Past a few tries
+                # the walk answers: it never asks the kernel for ``..``, so it is not raced.
+                if exc.errno != errno.EAGAIN:
+                    raise
         return walk(dir_fd, path, flags, mode)
     except OSError as exc:
         raise refusal(exc.errno or errno.EIO) from None
