@@ -267,7 +267,7 @@ class AuthConfig(_Strict):
     """Accepted JWT algorithms: asymmetric only."""
     leeway: Duration = 30.0
     """Clock skew allowed on exp and nbf."""
-    max_failed_attempts: int = Field(default=10, gt=0)
+    max_failed_attempts: Count = 10
     """Failed credentials a peer address (a unix peer: its uid) may send per
     ``failed_attempts_window``; past it, its credentials are refused unchecked."""
     failed_attempts_window: Duration = Field(default=60.0, gt=0)

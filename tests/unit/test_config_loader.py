@@ -126,3 +126,18 @@ def test_sizes_parse(text: str | int, size: int) -> None:
 def test_bad_sizes_are_refused(value: object) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(value)
+
+
+@pytest.mark.parametrize("key", ["server.max_concurrent_runs",
+                                 "server.auth.max_failed_attempts",
+                                 "server.rate_limiting.burst"])
+def test_counts_are_bounded(key: str) -> None:
+    *sections, name = key.split(".")
+    text = "".join(f"{'  ' * i}{s}:\n" for i, s in enumerate(sections))
+    found = problems(text + f"{'  ' * len(sections)}{name}: {2**64}\n")
+    assert found[0].startswith(f"{key}: must be at most 2147483647")
+
+
+def test_a_uid_past_the_largest_is_refused() -> None:
+    assert problems("server:\n  unix_uids: [4294967295]\n")[0].startswith(
+        "server.unix_uids[0]: must be at most 4294967294")
