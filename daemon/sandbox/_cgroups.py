@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import time
 from typing import Any
 
@@ -174,7 +175,7 @@ class JobCgroups:
         self.retry()
 
     def retry(self) -> None:
-        """Recycle the cgroups whose processes have all exited."""
+        """Recycle the cgroups whose processes have all exited; end those left in the others."""
         still = []
         for controller, path in self.pending:
             try:
@@ -187,14 +188,18 @@ class JobCgroups:
             if empty:
                 self._free[controller].append(path)
             else:
+                # The job is over: what is still here escaped its end (a job without a pid
+                # namespace leaves its setsid and double-forked processes behind).
+                _kill_members(controller, path)
                 still.append((controller, path))
         self.pending = still
 
     def close(self, grace: float = 2.0) -> None:
-        """Remove every job cgroup, then the helper's own parent directories.
+        """End what is left of the jobs, then remove every job cgroup and the parents.
 
-        The jobs' processes have been killed, but a cgroup can only be removed once the
-        last of them has exited: wait for that, for at most ``grace`` seconds.
+        A job in a pid namespace died with its init; one without leaves its processes in
+        its cgroups, and a cgroup can only be removed once the last of them has exited:
+        they are killed, and waited for at most ``grace`` seconds.
         """
         deadline = time.monotonic() + grace
         while self.pending and time.monotonic() < deadline:
@@ -204,6 +209,32 @@ class JobCgroups:
             _remove_jobs(parent)
             with contextlib.suppress(OSError):
                 os.rmdir(parent)
+
+
+def _kill_members(controller: str, path: str) -> None:
+    """SIGKILL every process in the job cgroup ``path``, and nothing else: each pid is
+    pinned with a pidfd and signalled only if that very process is still in the cgroup."""
+    member = f":{path.removeprefix(f'{_ROOT}/{controller}')}"
+    try:
+        with open(f"{path}/cgroup.procs") as f:
+            pids = [int(line) for line in f.read().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue  # already gone
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                inside = any(line.endswith(member) and controller in line.split(":")[1]
+                             for line in f.read().splitlines())
+            if inside:  # had it exited and its pid been reused since, this signal fails
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
 
 
 def _set_limit(controller: str, path: str, value: int) -> None:

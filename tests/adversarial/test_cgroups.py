@@ -34,8 +34,13 @@ tools:
     working_directory: ./workspace
     allowed_commands: [python3, "true"]
     sandbox: {limits: {memory: 256MiB, processes: 128}}
+  bare:
+    type: command
+    working_directory: ./workspace
+    allowed_commands: [sh]
+    sandbox: {namespaces: "off", view: "off", limits: {memory: 64MiB, processes: 16}}
 agents:
-  dev: {tools: [small, large]}
+  dev: {tools: [small, large, bare]}
 server:
   auth:
     enabled: true
@@ -124,6 +129,37 @@ def test_a_stopped_daemon_leaves_no_cgroups_even_with_jobs_running(tmp_path: Pat
     finally:
         d.stop()
     assert parents(helper.pid) == []
+
+
+def test_a_stopped_daemon_leaves_no_cgroups_after_a_job_without_namespaces(
+        tmp_path: Path) -> None:
+    """Without a pid namespace nothing ends the job's processes with its init: the daemon
+    ends whatever is left in its job cgroups before removing them."""
+    d = start_daemon(tmp_path, POLICY)
+    helper = helper_of(d)
+    try:
+        with d.client() as c:
+            run = threading.Thread(target=c.run, args=(["sh", "-c", "sleep 1000 & wait"],),
+                                   kwargs={"agent": "dev", "tool": "bare"})
+            run.start()
+            assert d.audit("run.started", tool="bare")
+            d.proc.send_signal(signal.SIGTERM)
+            assert d.proc.wait(timeout=30) == 0
+            run.join(timeout=30)
+    finally:
+        d.stop()
+    assert parents(helper.pid) == []
+
+
+def test_a_process_escaping_a_job_without_namespaces_ends_with_it(limited: Daemon) -> None:
+    """setsid leaves the job's session, not its cgroup: once the job is over, what is left
+    in its cgroup is ended, and the cgroup serves the next job."""
+    with limited.client() as c:
+        r = c.run(["sh", "-c", "setsid sleep 1000 >/dev/null 2>&1 & echo $!"], agent="dev",
+                  tool="bare")
+        escaped = psutil.Process(int(r.stdout))
+        escaped.wait(timeout=10)
+        assert c.run(["sh", "-c", "true"], agent="dev", tool="bare").exit_code == 0
 
 
 def test_a_stale_daemons_cgroups_are_removed_at_start(tmp_path: Path) -> None:
