@@ -12,7 +12,8 @@ running ``execgate approvals``.
 Exit status of ``run`` and ``call``: the command's own; 128+N when it was killed by signal N;
 124 on timeout; 126 when the policy refused the call; 127 when an allowed command is not on
 the daemon's PATH; 125 for execgate's own failures (connection, authentication, usage, the
-output limit).
+output limit). ``approvals approve|deny ID``: 0 once decided; 1 when no such approval is
+pending (decided, expired or unknown); 126 when you may not decide it.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from execgate.client._exceptions import (
     AuthenticationError,
     CommandNotFoundError,
     ExecgateError,
+    NotFoundError,
     PermissionDeniedError,
     RPCError,
 )
 from execgate.client._models import (
     ApprovalDecision,
     ApprovalRequested,
-    ApprovalResolved,
     Event,
     Exited,
     ExitReason,
@@ -44,6 +45,7 @@ from execgate.client._models import (
     TLSConfig,
 )
 
+EXIT_UNKNOWN_APPROVAL = 1
 EXIT_TIMEOUT = 124
 EXIT_EXECGATE = 125
 EXIT_DENIED = 126
@@ -143,16 +145,17 @@ def _approvals(client: Client, args: argparse.Namespace) -> int:
                 print(f"{event.outcome} {event.approval_id}"
                       + (f" by {event.decider}" if event.decider else ""), flush=True)
         return 0
-    # Decide only what was shown: find the request, with its plan and digest, first.
-    for event in client.watch_approvals():
-        if isinstance(event, ApprovalRequested) and event.approval_id == args.id:
-            client.decide_approval(event, args.action == "approve", args.reason)
-            print(f"{args.action}d {event.approval_id}: {event.prompt}")
-            return 0
-        if isinstance(event, ApprovalResolved) and event.approval_id == args.id:
-            break
-    print(f"execgate: no pending approval {args.id} that you may decide", file=sys.stderr)
-    return EXIT_EXECGATE
+    # Decide only what was shown: fetch the request, with its plan and digest, first.
+    try:
+        request = client.get_approval(args.id)
+        client.decide_approval(request, args.action == "approve", args.reason)
+    except NotFoundError as exc:
+        print(f"execgate: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN_APPROVAL
+    print(f"{args.action}d {request.approval_id}: {request.prompt}\n"
+          f"  runs: {request.plan.executable} {' '.join(request.plan.argv[1:])}\n"
+          f"  in:   {request.plan.cwd}")
+    return 0
 
 
 def _parse_pairs(pairs: list[str], what: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """``Client`` and ``AsyncClient``: run tool calls on an execgated daemon.
 
-    with Client("127.0.0.1:7878", token="...") as c:
-        r = c.run(["echo", "hi"], agent="default")
+    with Client() as c:  # the embedded default's address and local token, as ``execgate``
+        r = c.run(["echo", "hi"])
         assert r.stdout == b"hi\\n"
 """
 
@@ -315,6 +315,17 @@ class Client:
         finally:
             call.cancel()
 
+    def get_approval(self, approval_id: str) -> ApprovalRequested:
+        """The pending approval ``approval_id``, with the plan it would run; raises
+        NotFoundError when none is pending, PermissionDeniedError when this caller may not
+        decide it."""
+        try:
+            return to_approval(self._approvals.GetApproval(
+                approvals_pb2.GetApprovalRequest(approval_id=approval_id),
+                metadata=self._metadata).approval)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
     def decide_approval(self, request: ApprovalRequested, approve: bool,
                         reason: str = "") -> None:
         """Approve or deny ``request`` (as watched), bound to the plan it showed."""
@@ -339,6 +350,7 @@ class AsyncClient:
             if tls else grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS))
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
+        self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -408,10 +420,45 @@ class AsyncClient:
         return collector.result()
 
     async def call(self, tool: str, *, agent: str = "", timeout: float | None = None,
-                   **arguments: str) -> RunResult:
+                   on_approval: AsyncOnApproval | None = None, **arguments: str) -> RunResult:
         """Call a function tool (read_file, write_file, list_directory, grep_search)."""
         collector = _Collector()
         async for event in self.stream(None, agent=agent, tool=tool, arguments=arguments,
-                                       timeout=timeout):
+                                       timeout=timeout, on_approval=on_approval):
             collector.add(event)
         return collector.result()
+
+    async def watch_approvals(self) -> AsyncIterator[ApprovalRequested | ApprovalResolved]:
+        """Pending approvals this caller may decide (those waiting first), then news."""
+        call = self._approvals.WatchApprovals(approvals_pb2.WatchApprovalsRequest(),
+                                              metadata=self._metadata)
+        try:
+            async for response in call:
+                yield to_watch_event(response)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def get_approval(self, approval_id: str) -> ApprovalRequested:
+        """The pending approval ``approval_id``, with the plan it would run; raises
+        NotFoundError when none is pending, PermissionDeniedError when this caller may not
+        decide it."""
+        try:
+            response = await self._approvals.GetApproval(
+                approvals_pb2.GetApprovalRequest(approval_id=approval_id),
+                metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return to_approval(response.approval)
+
+    async def decide_approval(self, request: ApprovalRequested, approve: bool,
+                              reason: str = "") -> None:
+        """Approve or deny ``request`` (as watched), bound to the plan it showed."""
+        try:
+            await self._approvals.DecideApproval(approvals_pb2.DecideApprovalRequest(
+                decision=decision_message(request, ApprovalDecision(approve, reason)).approval),
+                metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None

@@ -139,9 +139,7 @@ class Approvals:
         pending = self._pending.get(approval_id)
         try:
             if pending is None or pending.decision.done():
-                raise Denial(DenialKind.APPROVAL_NOT_FOUND,
-                             f"no pending approval {approval_id[:40]!r} (decided, expired or "
-                             "unknown)", "approvals")
+                raise _unknown(approval_id)
             if via_stream and pending is not own:
                 raise Denial(DenialKind.PERMISSION_DENIED,
                              "a call's stream can decide only its own approval", "approvals")
@@ -150,16 +148,27 @@ class Approvals:
                              "plan_digest does not match the plan of this approval",
                              "approvals")
             if not self.may_decide(decider, pending):
-                raise Denial(DenialKind.PERMISSION_DENIED,
-                             f"{decider.subject!r} may not decide this approval",
-                             "approvals.allow_self_approval"
-                             if _same(decider, pending.requester) else "approvals.approvers")
+                raise _not_entitled(decider, pending)
         except Denial as denial:
             self._audit.approval_refused(approval_id, decider, denial, pending)
             raise
         decision = Decision(approve=approve, reason=reason[:1024], decider=decider)
         pending.decision.set_result(decision)
         self._close(pending, "approved" if approve else "denied", decision)
+
+    def find(self, approval_id: str, principal: Principal) -> Pending:
+        """The pending request ``approval_id`` if ``principal`` may decide it, so that a
+        decision can name what it decides; else raise Denial (audited) saying why not."""
+        pending = self._pending.get(approval_id)
+        try:
+            if pending is None or pending.decision.done():
+                raise _unknown(approval_id)
+            if not self.may_decide(principal, pending):
+                raise _not_entitled(principal, pending)
+        except Denial as denial:
+            self._audit.approval_refused(approval_id, principal, denial, pending)
+            raise
+        return pending
 
     def may_decide(self, principal: Principal, pending: Pending) -> bool:
         """Self-approval as the policy says; others only as approvers."""
@@ -209,6 +218,18 @@ class Approvals:
                              reason=decision.reason if decision else reason)
         self._publish(Resolved(pending.id, outcome,
                                decision.decider.subject if decision else ""), pending)
+
+
+def _unknown(approval_id: str) -> Denial:
+    return Denial(DenialKind.APPROVAL_NOT_FOUND,
+                  f"no pending approval {approval_id[:40]!r} (decided, expired or unknown)",
+                  "approvals")
+
+
+def _not_entitled(principal: Principal, pending: Pending) -> Denial:
+    return Denial(DenialKind.PERMISSION_DENIED, f"{principal.subject!r} may not decide this "
+                  "approval", "approvals.allow_self_approval"
+                  if _same(principal, pending.requester) else "approvals.approvers")
 
 
 def _same(a: Principal, b: Principal) -> bool:

@@ -41,6 +41,16 @@ class ApprovalService(approvals_pb2_grpc.ApprovalServiceServicer):
                 yield approvals_pb2.WatchApprovalsResponse(resolved=approvals_pb2.ApprovalResolved(
                     approval_id=event.id, outcome=event.outcome, decider=event.decider))
 
+    async def GetApproval(
+        self, request: approvals_pb2.GetApprovalRequest, context: grpc.aio.ServicerContext,
+    ) -> approvals_pb2.GetApprovalResponse:
+        try:
+            pending = self._approvals.find(request.approval_id, current_principal.get())
+        except Denial as denial:
+            await abort(context, denial)
+        return approvals_pb2.GetApprovalResponse(
+            approval=_convert.approval_request(pending, self._layers(pending)))
+
     async def DecideApproval(
         self, request: approvals_pb2.DecideApprovalRequest, context: grpc.aio.ServicerContext,
     ) -> approvals_pb2.DecideApprovalResponse:

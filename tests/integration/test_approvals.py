@@ -389,3 +389,47 @@ def test_a_second_start_while_pending_ends_the_call_and_withdraws_it(daemon: Dae
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert daemon.audit("approval.cancelled", approval_id=request.approval_id)
     assert not (daemon.workspace / "second-start.txt").exists()
+
+
+@pytest.mark.parametrize("action", ["approve", "deny"])
+def test_the_approvals_cli_answers_an_unknown_id_at_once_with_status_1(
+        daemon: Daemon, action: str) -> None:
+    argv, env = _execgate(daemon, "approvals", action, "0" * 32, token=APPROVER_KEY)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1
+    assert "no pending approval" in result.stderr
+
+
+@pytest.mark.parametrize("action", ["approve", "deny"])
+def test_the_approvals_cli_refuses_a_caller_not_entitled_with_status_126(
+        daemon: Daemon, action: str) -> None:
+    with daemon.client() as c:
+        thread, out = in_background(lambda: c.run(["touch", f"cli-{action}-other.txt"],
+                                                   agent="dev", on_approval=lambda r: None))
+        request = wait_for_pending(daemon, f"cli-{action}-other.txt")
+        argv, env = _execgate(daemon, "approvals", action, request.approval_id,
+                              token=OTHER_KEY)
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=20)
+        with Client(daemon.target, token=APPROVER_KEY) as approver:
+            approver.decide_approval(request, False, "cleanup")
+        thread.join()
+    assert isinstance(out.get(), ApprovalDeniedError)  # by the approver's cleanup
+    assert result.returncode == 126
+    assert "may not decide" in result.stderr
+    assert "approvals.approvers" in result.stderr
+    assert not (daemon.workspace / f"cli-{action}-other.txt").exists()
+
+
+def test_the_approvals_cli_denies_a_waiting_call_with_its_reason(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        thread, out = in_background(lambda: c.run(["touch", "cli-denied.txt"], agent="dev",
+                                                   on_approval=lambda r: None))
+        request = wait_for_pending(daemon, "cli-denied.txt")
+        argv, env = _execgate(daemon, "approvals", "deny", request.approval_id,
+                              "--reason", "not now", token=APPROVER_KEY)
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=20)
+        thread.join()
+    assert result.returncode == 0, result.stderr
+    denied = out.get()
+    assert isinstance(denied, ApprovalDeniedError)
+    assert "not now" in str(denied)

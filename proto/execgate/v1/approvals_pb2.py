@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from execgate.v1 import exec_pb2 as execgate_dot_v1_dot_exec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65xecgate/v1/approvals.proto\x12\x0b\x65xecgate.v1\x1a\x16\x65xecgate/v1/exec.proto\"\x17\n\x15WatchApprovalsRequest\"\x85\x01\n\x16WatchApprovalsResponse\x12/\n\x07pending\x18\x01 \x01(\x0b\x32\x1c.execgate.v1.ApprovalRequestH\x00\x12\x31\n\x08resolved\x18\x02 \x01(\x0b\x32\x1d.execgate.v1.ApprovalResolvedH\x00\x42\x07\n\x05\x65vent\"I\n\x10\x41pprovalResolved\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65\x63ider\x18\x03 \x01(\t\"H\n\x15\x44\x65\x63ideApprovalRequest\x12/\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1d.execgate.v1.ApprovalDecision\"\x18\n\x16\x44\x65\x63ideApprovalResponse2\xc9\x01\n\x0f\x41pprovalService\x12[\n\x0eWatchApprovals\x12\".execgate.v1.WatchApprovalsRequest\x1a#.execgate.v1.WatchApprovalsResponse0\x01\x12Y\n\x0e\x44\x65\x63ideApproval\x12\".execgate.v1.DecideApprovalRequest\x1a#.execgate.v1.DecideApprovalResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65xecgate/v1/approvals.proto\x12\x0b\x65xecgate.v1\x1a\x16\x65xecgate/v1/exec.proto\"\x17\n\x15WatchApprovalsRequest\"\x85\x01\n\x16WatchApprovalsResponse\x12/\n\x07pending\x18\x01 \x01(\x0b\x32\x1c.execgate.v1.ApprovalRequestH\x00\x12\x31\n\x08resolved\x18\x02 \x01(\x0b\x32\x1d.execgate.v1.ApprovalResolvedH\x00\x42\x07\n\x05\x65vent\"I\n\x10\x41pprovalResolved\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65\x63ider\x18\x03 \x01(\t\")\n\x12GetApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"E\n\x13GetApprovalResponse\x12.\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x1c.execgate.v1.ApprovalRequest\"H\n\x15\x44\x65\x63ideApprovalRequest\x12/\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1d.execgate.v1.ApprovalDecision\"\x18\n\x16\x44\x65\x63ideApprovalResponse2\x9b\x02\n\x0f\x41pprovalService\x12[\n\x0eWatchApprovals\x12\".execgate.v1.WatchApprovalsRequest\x1a#.execgate.v1.WatchApprovalsResponse0\x01\x12P\n\x0bGetApproval\x12\x1f.execgate.v1.GetApprovalRequest\x1a .execgate.v1.GetApprovalResponse\x12Y\n\x0e\x44\x65\x63ideApproval\x12\".execgate.v1.DecideApprovalRequest\x1a#.execgate.v1.DecideApprovalResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHAPPROVALSRESPONSE']._serialized_end=227
   _globals['_APPROVALRESOLVED']._serialized_start=229
   _globals['_APPROVALRESOLVED']._serialized_end=302
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=304
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=376
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=378
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=402
-  _globals['_APPROVALSERVICE']._serialized_start=405
-  _globals['_APPROVALSERVICE']._serialized_end=606
+  _globals['_GETAPPROVALREQUEST']._serialized_start=304
+  _globals['_GETAPPROVALREQUEST']._serialized_end=345
+  _globals['_GETAPPROVALRESPONSE']._serialized_start=347
+  _globals['_GETAPPROVALRESPONSE']._serialized_end=416
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=418
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=490
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=492
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=516
+  _globals['_APPROVALSERVICE']._serialized_start=519
+  _globals['_APPROVALSERVICE']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class ApprovalServiceStub:
                 request_serializer=execgate_dot_v1_dot_approvals__pb2.WatchApprovalsRequest.SerializeToString,
                 response_deserializer=execgate_dot_v1_dot_approvals__pb2.WatchApprovalsResponse.FromString,
                 _registered_method=True)
+        self.GetApproval = channel.unary_unary(
+                '/execgate.v1.ApprovalService/GetApproval',
+                request_serializer=execgate_dot_v1_dot_approvals__pb2.GetApprovalRequest.SerializeToString,
+                response_deserializer=execgate_dot_v1_dot_approvals__pb2.GetApprovalResponse.FromString,
+                _registered_method=True)
         self.DecideApproval = channel.unary_unary(
                 '/execgate.v1.ApprovalService/DecideApproval',
                 request_serializer=execgate_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
@@ -59,6 +64,14 @@ class ApprovalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetApproval(self, request, context):
+        """GetApproval returns one pending approval the caller may decide: NOT_FOUND when no
+        such approval is pending, PERMISSION_DENIED when the caller may not decide it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DecideApproval(self, request, context):
         """DecideApproval approves or denies one pending approval, once.
         """
@@ -73,6 +86,11 @@ def add_ApprovalServiceServicer_to_server(servicer, server):
                     servicer.WatchApprovals,
                     request_deserializer=execgate_dot_v1_dot_approvals__pb2.WatchApprovalsRequest.FromString,
                     response_serializer=execgate_dot_v1_dot_approvals__pb2.WatchApprovalsResponse.SerializeToString,
+            ),
+            'GetApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApproval,
+                    request_deserializer=execgate_dot_v1_dot_approvals__pb2.GetApprovalRequest.FromString,
+                    response_serializer=execgate_dot_v1_dot_approvals__pb2.GetApprovalResponse.SerializeToString,
             ),
             'DecideApproval': grpc.unary_unary_rpc_method_handler(
                     servicer.DecideApproval,
@@ -108,6 +126,33 @@ class ApprovalService:
             '/execgate.v1.ApprovalService/WatchApprovals',
             execgate_dot_v1_dot_approvals__pb2.WatchApprovalsRequest.SerializeToString,
             execgate_dot_v1_dot_approvals__pb2.WatchApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execgate.v1.ApprovalService/GetApproval',
+            execgate_dot_v1_dot_approvals__pb2.GetApprovalRequest.SerializeToString,
+            execgate_dot_v1_dot_approvals__pb2.GetApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class ApprovalServiceStub:
     """WatchApprovals streams the pending approvals the caller may decide, those already
     pending first, then each new one and each resolution.
     """
+    GetApproval: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.GetApprovalRequest, _approvals_pb2.GetApprovalResponse]
+    """GetApproval returns one pending approval the caller may decide: NOT_FOUND when no
+    such approval is pending, PERMISSION_DENIED when the caller may not decide it.
+    """
     DecideApproval: _grpc.UnaryUnaryMultiCallable[_approvals_pb2.DecideApprovalRequest, _approvals_pb2.DecideApprovalResponse]
     """DecideApproval approves or denies one pending approval, once."""
 
@@ -48,6 +52,10 @@ class ApprovalServiceAsyncStub(ApprovalServiceStub):
     WatchApprovals: _aio.UnaryStreamMultiCallable[_approvals_pb2.WatchApprovalsRequest, _approvals_pb2.WatchApprovalsResponse]  # type: ignore[assignment]
     """WatchApprovals streams the pending approvals the caller may decide, those already
     pending first, then each new one and each resolution.
+    """
+    GetApproval: _aio.UnaryUnaryMultiCallable[_approvals_pb2.GetApprovalRequest, _approvals_pb2.GetApprovalResponse]  # type: ignore[assignment]
+    """GetApproval returns one pending approval the caller may decide: NOT_FOUND when no
+    such approval is pending, PERMISSION_DENIED when the caller may not decide it.
     """
     DecideApproval: _aio.UnaryUnaryMultiCallable[_approvals_pb2.DecideApprovalRequest, _approvals_pb2.DecideApprovalResponse]  # type: ignore[assignment]
     """DecideApproval approves or denies one pending approval, once."""
@@ -63,6 +71,16 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_approvals_pb2.WatchApprovalsResponse], _abc.AsyncIterator[_approvals_pb2.WatchApprovalsResponse]]:
         """WatchApprovals streams the pending approvals the caller may decide, those already
         pending first, then each new one and each resolution.
+        """
+
+    @_abc_1.abstractmethod
+    def GetApproval(
+        self,
+        request: _approvals_pb2.GetApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approvals_pb2.GetApprovalResponse, _abc.Awaitable[_approvals_pb2.GetApprovalResponse]]:
+        """GetApproval returns one pending approval the caller may decide: NOT_FOUND when no
+        such approval is pending, PERMISSION_DENIED when the caller may not decide it.
         """
 
     @_abc_1.abstractmethod
