@@ -76,3 +76,21 @@ async def test_async_client_finds_the_local_token_too(
     monkeypatch.setenv("XDG_STATE_HOME", str(defaults.state))
     async with AsyncClient(defaults.daemons[0].target) as c:
         assert (await c.run(["echo", "hi"])).stdout == b"hi\n"
+
+
+def test_the_readmes_python_example_runs_as_written(
+        defaults: Defaults, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the address moves (the test daemon is not on 7878), as ``execgate`` would."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    daemon = defaults.daemons[0]
+    (daemon.workspace / "notes.txt").write_text("hello\n")
+    monkeypatch.delenv("EXECGATE_TOKEN", raising=False)
+    monkeypatch.delenv("EXECGATE_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(defaults.state))
+    monkeypatch.setenv("EXECGATE_TARGET", daemon.target)
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "notes.txt" in printed
+    assert printed.rstrip().endswith("tools.execute_command.deny_by_default")
