@@ -121,6 +121,7 @@ server:
     audience: execgate-test
     jwks_cooldown: ${COOLDOWN:-1h}
     api_keys: [{name: ci, key: "${TEST_API_KEY}"}]
+    max_failed_attempts: 100000  # every test here fails on purpose, all from 127.0.0.1
 sandbox: {cgroup: optional}
 logger: {level: info, format: json}
 """
