@@ -32,7 +32,8 @@ def resolve(config: PolicyConfig, tool: str, jail: Path) -> Confinement:
     limits = sandbox.limits
     return Confinement(
         filesystem=sandbox.filesystem, namespaces=sandbox.namespaces, cgroup=sandbox.cgroup,
-        view=sandbox.view, unix_sockets=tuple(sandbox.unix_sockets), network=sandbox.network, uid=uid, gid=gid, user=user,
+        view=sandbox.view, unix_sockets=tuple(sandbox.unix_sockets), network=sandbox.network,
+        uid=uid, gid=gid, user=user,
         read_paths=tuple(sandbox.read_paths + sandbox.extra_read_paths),
         write_paths=(str(jail), *sandbox.write_paths, "/dev/null", "/dev/full"),
         cpu_time=limits.cpu_time, file_size=limits.file_size, open_files=limits.open_files,
