@@ -137,9 +137,10 @@ def test_default_serve_refuses_callers_without_the_token(default_daemon: Daemon)
 
 
 def test_default_policy_denies_writing_commands(default_daemon: Daemon) -> None:
-    token = (default_daemon.root / "state" / "execgate" / "token").read_text()
     import json
-    result = execgate(default_daemon, "run", "--", "touch", "x", token=json.loads(token)["tokens"][default_daemon.target])
+    stored = json.loads((default_daemon.root / "state" / "execgate" / "token").read_text())
+    result = execgate(default_daemon, "run", "--", "touch", "x",
+                      token=stored["tokens"][default_daemon.target])
     assert result.returncode == 126
 
 
