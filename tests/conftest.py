@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import subprocess
 import sys
 import threading
@@ -113,6 +114,21 @@ class Daemon:
         with self.said:
             self.said.wait_for(found, timeout=10)
         return found()
+
+    def errors(self, since: int = 0) -> list[str]:
+        """Error-level lines the daemon wrote (from line ``since`` on), Python tracebacks and
+        gRPC core's error lines: an expected event is never an error."""
+        out = []
+        for line in self.stderr_lines[since:]:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if line.startswith("Traceback") or re.match(r"E\d{4} ", line):
+                    out.append(line)
+                continue
+            if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+                out.append(line)
+        return out
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+import structlog
 from google.protobuf.message import DecodeError
 
 from execgate.daemon.access import Access
@@ -51,6 +53,7 @@ _PROTOCOL_ERRORS = {
 }
 MAX_EARLY_STDIN = 4 * 1024 * 1024
 """stdin held while a call waits for approval; more is a protocol error."""
+log = structlog.get_logger()
 
 
 async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
@@ -162,6 +165,26 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        try:
+            await self._execute(request_iterator, context)
+        except grpc.aio.AbortError:  # the call already ended with its status
+            raise
+        except Denial as denial:
+            await abort(context, denial)
+        except Exception as exc:
+            if context.done():  # gRPC ended the call first (a message over the size limit, a
+                # caller gone): its status is sent, and answering again is what failed
+                log.debug("call.already_ended", error=type(exc).__name__)
+                return
+            # A bug: the caller gets a status that says so, never its text.
+            incident = uuid.uuid4().hex[:12]
+            log.error("call.failed", incident=incident, traceback=traceback.format_exc())
+            await abort(context, Denial(
+                DenialKind.UNAVAILABLE, f"the daemon failed while handling this call "
+                f"(incident {incident} in its log); retry, or report the incident"))
+
+    async def _execute(self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
+                       context: grpc.aio.ServicerContext) -> None:
         principal = current_principal.get()
         requests = _decoded(request_iterator)
         try:

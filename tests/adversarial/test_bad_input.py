@@ -11,11 +11,15 @@ from execgate.client import (
     NotFoundError,
     PolicyDeniedError,
     RateLimitedError,
+    _client,
 )
 from execgate.v1 import exec_pb2
 from tests.conftest import API_KEY, Daemon
 
 METHOD = "/execgate.v1.ExecService/Execute"
+
+
+CRASHES = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +29,27 @@ def _daemon_still_serves(client: Client):  # type: ignore[no-untyped-def]
     assert client.run(["echo", "still here"], agent="dev").stdout == b"still here\n"
 
 
+@pytest.fixture(autouse=True)
+def _no_crash(daemon: Daemon):  # type: ignore[no-untyped-def]
+    """A bad request is refused, never a crash: a handler that raised would have answered
+    UNKNOWN and logged its traceback (or, behind the last-resort guard, an error line)."""
+    since = len(daemon.stderr_lines)
+    yield
+    assert daemon.errors(since) == []
+
+
+@pytest.fixture(autouse=True)
+def _no_unknown_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every status the client turns into an exception here is a named refusal."""
+    original = _client.from_rpc_error
+
+    def checked(error: grpc.RpcError) -> Exception:
+        assert error.code() not in CRASHES, error  # type: ignore[attr-defined]
+        return original(error)
+
+    monkeypatch.setattr(_client, "from_rpc_error", checked)
+
+
 def _raw_call(daemon: Daemon, *messages: bytes) -> grpc.RpcError:
     """Send hand-made bytes on an Execute stream; return the error the daemon answers with."""
     with grpc.insecure_channel(daemon.target) as channel:
@@ -32,6 +57,7 @@ def _raw_call(daemon: Daemon, *messages: bytes) -> grpc.RpcError:
                                         response_deserializer=lambda b: b)
         with pytest.raises(grpc.RpcError) as info:
             list(execute(iter(messages), metadata=(("authorization", f"Bearer {API_KEY}"),)))
+    assert info.value.code() not in CRASHES, info.value  # type: ignore[attr-defined]
     return info.value
 
 

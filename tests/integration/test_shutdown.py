@@ -3,7 +3,6 @@ withdrawn at once, and an expected stop logs no error."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -51,19 +50,6 @@ def _exit_status(d: Daemon) -> int:
     return status
 
 
-def _errors(lines: list[str]) -> list[str]:
-    out = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            out.append(line)  # a traceback, or anything not in the log's format
-            continue
-        if record.get("level") in ("error", "critical"):
-            out.append(line)
-    return out
-
-
 def test_sigterm_ends_a_running_job_as_daemon_stopping(tmp_path: Path) -> None:
     d = start_daemon(tmp_path)
     with d.client() as client:
@@ -86,7 +72,7 @@ def test_sigterm_to_the_daemons_process_group_is_not_an_error(tmp_path: Path) ->
         os.killpg(d.proc.pid, signal.SIGTERM)
         assert _exited(events).reason is ExitReason.DAEMON_STOPPING
     assert _exit_status(d) == 0
-    assert _errors(d.stderr_lines) == []
+    assert d.errors() == []
 
 
 def test_sigterm_withdraws_a_pending_approval_at_once(tmp_path: Path) -> None:
