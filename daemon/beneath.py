@@ -8,12 +8,12 @@ component at a time with O_NOFOLLOW and reads each symlink itself instead of let
 kernel follow it. Symlinks that stay beneath the jail are followed by both; what a path
 really names is read back from the open descriptor, never from the path's text.
 
-Python 3.11 has no ``os.openat2``, so it is called through ctypes.
+Python 3.11 has no ``os.openat2``: the sandbox's ctypes wrapper serves both the daemon and
+the job's init, which finds its working directory again the same way.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -21,24 +21,14 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from execgate.daemon.sandbox import _linux
+from execgate.daemon.sandbox._linux import O_PATH, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS
+
 __all__ = ["Found", "PathRefused", "find", "open_beneath", "openat2", "refusal", "walk"]
 
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_BENEATH = 0x08
-O_PATH = 0o10000000
-_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
 _MAX_LINKS = 40  # the kernel's own bound on symlinks followed in one lookup
 _RETRIES = 4
 _LOOKUP = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
 
 class PathRefused(Exception):
     """A path that cannot be opened beneath its jail; ``reason`` says why in the jail's
@@ -88,18 +78,9 @@ def refusal(code: int) -> PathRefused:
 
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0,
             resolve: int = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) -> int:
-    """openat2(2); raises OSError, ENOSYS where this kernel or machine has none."""
-    if _OPENAT2 is None:
-        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
-    # openat2 refuses a mode without O_CREAT (EINVAL), unlike open(2), which ignores it.
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
-    fd = int(_libc.syscall(ctypes.c_long(_OPENAT2), ctypes.c_int(dir_fd),
-                           os.fsencode(path or "."), ctypes.byref(how),
-                           ctypes.c_size_t(ctypes.sizeof(how))))
-    if fd < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-    return fd
+    """openat2(2) beneath ``dir_fd``; raises OSError, ENOSYS where this kernel or machine
+    has none."""
+    return _linux.openat2(dir_fd, path, flags, resolve, mode)
 
 
 def walk(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:

@@ -83,12 +83,18 @@ def pivot_root(new_root: str, put_old: str) -> None:
                              new_root.encode(), put_old.encode())), "pivot_root")
 
 
-def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
-    """openat2(2): open ``path`` below ``dir_fd`` under the ``resolve`` restrictions."""
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open ``path`` below ``dir_fd`` under the ``resolve`` restrictions.
+
+    Raises OSError (ENOSYS where this kernel or machine has none), without the path in the
+    error: the caller decides how to name it.
+    """
+    # openat2 refuses a mode without O_CREAT (EINVAL), unlike open(2), which ignores it.
+    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
     fd = int(_libc.syscall(ctypes.c_long(_syscall_number("openat2")), ctypes.c_int(dir_fd),
-                           path.encode(), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+                           os.fsencode(path or "."), ctypes.byref(how),
+                           ctypes.c_size_t(ctypes.sizeof(how))))
     if fd < 0:
         errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno), path)
+        raise OSError(errno, os.strerror(errno))
     return fd
