@@ -24,7 +24,7 @@ from pathlib import Path
 from execgate.daemon.sandbox import _linux
 from execgate.daemon.sandbox._linux import O_PATH, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS
 
-__all__ = ["Found", "PathRefused", "find", "open_beneath", "openat2", "refusal", "walk"]
+__all__ = ["O_PATH", "Found", "PathRefused", "find", "open_beneath", "openat2", "refusal", "walk"]
 
 _MAX_LINKS = 40  # the kernel's own bound on symlinks followed in one lookup
 _RETRIES = 4
