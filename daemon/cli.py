@@ -42,7 +42,8 @@ EXIT_CONFIG = 2
 
 
 def configure_logging(config: LoggerConfig) -> None:
-    """structlog to stderr, JSON or text, at the policy's level."""
+    """structlog to stderr, JSON or text, at the policy's level. Audit events use the same
+    format and sink but not the level (``execgate.daemon.audit``): a record is not chatter."""
     level = logging.getLevelNamesMapping()[{"warn": "WARNING"}.get(config.level,
                                                                    config.level.upper())]
     renderer: structlog.types.Processor = (
