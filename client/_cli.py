@@ -31,6 +31,7 @@ from execgate.client._exceptions import (
     AuthenticationError,
     CommandNotFoundError,
     ExecgateError,
+    InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
     RPCError,
@@ -96,6 +97,8 @@ def error_status(exc: ExecgateError) -> tuple[int, str]:
         return EXIT_DENIED, f"approval denied: {exc}"
     if isinstance(exc, PermissionDeniedError):
         return EXIT_DENIED, f"denied: {exc}"
+    if isinstance(exc, InvalidArgumentError) and exc.rule:
+        return EXIT_DENIED, f"refused: {exc}"  # the input broke a policy rule (a path, ...)
     if isinstance(exc, CommandNotFoundError):
         return EXIT_NOT_FOUND, f"not found: {exc}"
     if isinstance(exc, RPCError):

@@ -54,6 +54,16 @@ def test_run_exits_126_when_the_policy_denies(daemon: Daemon) -> None:
     assert b"tools.shell.denied_commands" in result.stderr
 
 
+def test_run_exits_126_when_a_rule_refuses_the_cwd(daemon: Daemon) -> None:
+    """A cwd through a symlink loop is invalid input, refused by the jail's rule: 126."""
+    loop = daemon.workspace / "cli-loop"
+    if not loop.is_symlink():
+        loop.symlink_to("cli-loop")
+    result = execgate(daemon, "run", "--agent", "dev", "--cwd", "cli-loop", "--", "ls")
+    assert result.returncode == 126
+    assert b"tools.shell.working_directory" in result.stderr
+
+
 def test_run_exits_127_when_the_command_is_not_on_the_path(daemon: Daemon) -> None:
     result = execgate(daemon, "run", "--agent", "dev", "--", "missing-command-xyz")
     assert result.returncode == 127
