@@ -21,6 +21,7 @@ import resource
 import select
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -194,6 +195,10 @@ def _run(spec: dict[str, Any], fds: list[int], flags: int, base: _Base | None,
          view: _Prepared | None, helper: socket.socket) -> dict[str, Any]:
     stdin, stdout, stderr = fds
     _confine(spec, flags, base, view, helper)
+    if not flags & _linux.CLONE_NEWPID:
+        # No pid namespace to end with the job: whatever the command leaves behind (setsid,
+        # double forks) is re-parented to this init instead of the host's, and ended below.
+        _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
     try:
         pid = os.posix_spawn(
             spec["executable"], spec["argv"], spec["env"],
@@ -219,7 +224,35 @@ def _run(spec: dict[str, Any], fds: list[int], flags: int, base: _Base | None,
         if reaped == pid:
             break
     if not flags & _linux.CLONE_NEWPID:
-        with contextlib.suppress(OSError):  # no namespace to end: end the session at least
-            os.killpg(pid, signal.SIGKILL)
+        _end_descendants(pid)
     return {"status": status,
             "rusage": [usage.ru_utime, usage.ru_stime, usage.ru_maxrss * 1024]}
+
+
+def _end_descendants(session: int) -> None:
+    """Kill and reap every process the command left (this init is their subreaper), so that
+    none outlives the job even without a pid namespace; bounded, like the job itself."""
+    with contextlib.suppress(OSError):
+        os.killpg(session, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        children = _children()
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
+        if not children:
+            time.sleep(0.001)  # a child being re-parented right now shows in a moment
+
+
+def _children() -> list[int]:
+    """This process's children, from every thread's list (Linux 3.5+)."""
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids

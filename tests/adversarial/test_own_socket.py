@@ -20,7 +20,7 @@ import pytest
 
 from execgate.client import Client
 from execgate.daemon.unix import OwnJobs
-from tests.conftest import HAS_CGROUP, NOBODY, Daemon, start_daemon, writable_by_commands
+from tests.conftest import NOBODY, Daemon, start_daemon, writable_by_commands
 
 POLICY = """\
 version: "2"
@@ -135,10 +135,6 @@ def test_a_job_connecting_to_the_daemons_socket_is_refused(
 def test_a_double_forked_orphan_of_a_job_is_refused(
         tmp_path: Path, jail: Path, sandbox: tuple[str, str]) -> None:
     """Re-parented out of the job's process tree, in a session of its own, it still is one."""
-    if sandbox[0] == "off" and ROOT and (sandbox[1] == "off" or not HAS_CGROUP):
-        pytest.skip("known gap: a root daemon's job with neither namespaces nor a cgroup is "
-                    "told only by its ancestry, which a double fork leaves; keep such tools' "
-                    "run_as uid out of server.unix_uids")
     d = start(tmp_path, jail, sandbox)
     try:
         assert knock_from_a_job(d, jail, "orphan") == "closed"
