@@ -34,6 +34,14 @@ _DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals()
                          if s not in (signal.SIGKILL, signal.SIGSTOP) and 0 < s < 32)
 
 
+_EARLY: list[int] = []
+"""Signals for the command that came before it existed: forwarded once it does."""
+
+
+def _held(sig: int, _frame: object) -> None:
+    _EARLY.append(sig)
+
+
 class JobRefused(Exception):
     """The job cannot be set up as its spec says; the message is for the caller."""
 
@@ -47,6 +55,8 @@ def init_main(sock: socket.socket, flags: int, view_root: str | None) -> NoRetur
     """
     try:
         _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the helper
+        for sig in FORWARDED:  # the helper ignores some; a job's signals must not be lost
+            signal.signal(sig, _held)
         if flags & _linux.CLONE_NEWNS:
             _linux.mount("none", "/", None, _linux.MS_REC | _linux.MS_PRIVATE, None)
             _linux.mount("proc", "/proc", "proc",
@@ -219,6 +229,8 @@ def _run(spec: dict[str, Any], fds: list[int], flags: int, base: _Base | None,
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    for early in _EARLY:
+        forward(early, None)
     while True:
         reaped, status, usage = os.wait4(-1, 0)
         if reaped == pid:
