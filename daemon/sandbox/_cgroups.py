@@ -2,196 +2,146 @@
 
 RLIMIT_NPROC counts every process of a uid (and root ignores it), RLIMIT_AS breaks Go and
 the JVM: a cgroup per job bounds exactly the job. Jobs' cgroups are made beneath the
-helper's own cgroup, so a delegated subtree (systemd's Delegate=) is enough. This host kind
-has cgroup v1 pids and memory controllers; on a host without a writable hierarchy the layer
-is reported unavailable, with the reason.
+helper's own cgroup, so a delegated subtree (systemd's Delegate=) is enough. Which cgroup
+version: v1 when its pids and memory controllers are mounted for this process (a hybrid
+host such as this one), else v2 (``_cgroup_v2``), else the layer is reported unavailable,
+with the reason. Both versions sit behind one interface (``_cgroup_files.Hierarchy``);
+what is pooled, counted and cleaned up is the same for both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
-import signal
 import time
 from typing import Any
 
-_ROOT = "/sys/fs/cgroup"
-_LIMIT_FILES = {"pids": "pids.max", "memory": "memory.limit_in_bytes"}
-_PARENT = re.compile(r"execgate-([1-9][0-9]*)")
-_JOB = re.compile(r"job-[1-9][0-9]*")
-HELPER_MODULE = "execgate.daemon.sandbox._helper"
-"""What a live helper's command line names: a parent whose pid runs anything else is stale."""
-
-
-def _own_paths() -> dict[str, str]:
-    paths = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            for controller in controllers.split(","):
-                if controller in _LIMIT_FILES:
-                    paths[controller] = f"{_ROOT}/{controller}{path.rstrip('/')}"
-    return paths
+from execgate.daemon.sandbox import _cgroup_v1, _cgroup_v2
+from execgate.daemon.sandbox._cgroup_files import Events, Hierarchy, Limits, remove_members
 
 
 def probe() -> dict[str, Any]:
-    """Where this helper can make job cgroups: {"parents": {...}} or {"error": reason}.
+    """Where this helper can make job cgroups, with which version and why, or
+    {"error": reason}.
 
     Beside its own, it removes the parents that daemons no longer running left behind.
     """
     try:
-        own = _own_paths()
+        with open("/proc/self/cgroup") as f:
+            proc_cgroup = f.read()
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
     except OSError as exc:
-        return {"error": f"cannot read /proc/self/cgroup: {exc}"}
-    missing = sorted(set(_LIMIT_FILES) - set(own))
-    if missing:
-        return {"error": f"no cgroup v1 {' and '.join(missing)} controller mounted "
-                         "(cgroup v2 job limits are not supported yet)"}
-    parents = {}
-    for controller, path in own.items():
-        parent = f"{path}/execgate-{os.getpid()}"
-        try:
-            _remove_stale(path)
-            os.makedirs(parent, exist_ok=True)
-        except OSError as exc:
-            return {"error": f"cannot create a {controller} cgroup under {path}: "
-                             f"{exc.strerror} (run as root, or delegate the subtree)"}
-        parents[controller] = parent
-    return {"parents": parents}
+        return {"error": f"cannot read /proc/self/cgroup or mountinfo: {exc.strerror}"}
+    v1 = _cgroup_v1.own_paths(proc_cgroup)
+    if set(v1) == set(_cgroup_v1.CONTROLLERS):
+        return _cgroup_v1.probe(v1)
+    unified = _cgroup_v2.own_cgroup(proc_cgroup, mountinfo)
+    if unified is None:
+        return {"error": "neither cgroup v1 pids and memory controllers nor a cgroup v2 "
+                         "hierarchy are mounted for this process"}
+    return _cgroup_v2.probe(*unified, daemon=os.getppid(), helper=os.getpid())
 
 
-def _remove_stale(directory: str) -> None:
-    """Remove the ``execgate-<pid>`` parents in ``directory`` whose helper is gone.
-
-    A parent is named after its helper's pid, so a parent of a pid that no helper has now
-    belongs to a daemon that was killed before it could clean up. Our own pid's parent can
-    only be such a leftover too (pids are reused), so its old jobs go. Only job cgroups
-    and the parent are removed, each with rmdir: one that still holds a process, or a
-    directory execgate did not make, stays.
-    """
-    for entry in os.scandir(directory):
-        match = _PARENT.fullmatch(entry.name)
-        if match is None or not entry.is_dir(follow_symlinks=False):
-            continue
-        pid = int(match[1])
-        if pid == os.getpid():
-            _remove_jobs(entry.path)
-        elif not _is_helper(pid):
-            _remove_jobs(entry.path)
-            with contextlib.suppress(OSError):
-                os.rmdir(entry.path)
-
-
-def _is_helper(pid: int) -> bool:
-    """Whether ``pid`` is a live sandbox helper (when in doubt: yes, keep its cgroups)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return HELPER_MODULE.encode() in f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        return True
-
-
-def _remove_jobs(parent: str) -> None:
-    """rmdir each empty ``job-N`` cgroup under ``parent``."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(parent):
-            if _JOB.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
-                with contextlib.suppress(OSError):
-                    os.rmdir(entry.path)
-
-
-_EVENTS = {"pids": ("pids.events", "max"), "memory": ("memory.oom_control", "oom_kill")}
+def _hierarchy(host: dict[str, Any]) -> Hierarchy | None:
+    version = host.get("version")
+    return (_cgroup_v1.V1(host) if version == 1 else _cgroup_v2.V2(host) if version == 2
+            else None)
 
 
 class JobCgroups:
     """Gives each job its own cgroups, and reads what the job ran into.
 
     A cgroup is reused once its last process is gone: making and removing v1 memory cgroups
-    costs about a millisecond a job here. Its event counters only grow, so a job's events
-    are the difference from when it was handed out.
+    costs about a millisecond a job here, and v2 would pile up dying memory cgroups. Its
+    event counters only grow, so a job's events are the difference from when it was
+    handed out.
     """
 
     def __init__(self, host: dict[str, Any]) -> None:
-        self._parents: dict[str, str] = host.get("parents", {})
+        self._hierarchy = _hierarchy(host)
+        self._parents = self._hierarchy.parents if self._hierarchy else {}
         self._made = 0
-        self._free: dict[str, list[str]] = {c: [] for c in _LIMIT_FILES}
-        self._jobs: dict[int, list[tuple[str, str, int]]] = {}
+        self._free: dict[str, list[str]] = {kind: [] for kind in self._parents}
+        self._jobs: dict[int, list[tuple[str, str, Events]]] = {}
         self.pending: list[tuple[str, str]] = []
-        """(controller, directory) whose processes were still exiting; checked again."""
+        """(kind, directory) whose processes were still exiting; checked again."""
 
-    def create(self, job: int, limits: dict[str, int] | None) -> list[str]:
+    def create(self, job: int, limits: Limits | None) -> list[str]:
         """Give the job cgroups with its limits; returns the cgroup.procs files to join."""
         if not limits:
             return []
+        if self._hierarchy is None:
+            raise OSError("job cgroups are unavailable on this host")
         held = self._jobs.setdefault(job, [])
-        for controller, key in (("pids", "pids_max"), ("memory", "memory_max")):
-            if limits.get(key) is not None:
-                held.append(self._limited(controller, limits[key]))
+        for kind in self._hierarchy.kinds(limits):
+            held.append(self._limited(self._hierarchy, kind, limits))
         return [f"{path}/cgroup.procs" for _, path, _ in held]
 
-    def _limited(self, controller: str, value: int) -> tuple[str, str, int]:
-        """A cgroup with its limit set, and its event count now.
+    def _limited(self, hierarchy: Hierarchy, kind: str,
+                 limits: Limits) -> tuple[str, str, Events]:
+        """A cgroup with its limits set, and its event counts now.
 
-        A reused cgroup the kernel will not take the limit in is removed, never pooled
+        A reused cgroup the kernel will not take the limits in is removed, never pooled
         again (it would fail every later job the same way); a new one that fails raises.
         """
         while True:
-            path, new = self._take(controller)
+            path, new = self._take(kind)
             try:
-                _set_limit(controller, path, value)
-                return controller, path, _count(controller, path)
+                hierarchy.configure(kind, path, limits)
+                return kind, path, hierarchy.counts(kind, path)
             except OSError:
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
                 if new:
                     raise
 
-    def _take(self, controller: str) -> tuple[str, bool]:
+    def _take(self, kind: str) -> tuple[str, bool]:
         """A pooled cgroup, or a new one: (path, whether new)."""
-        if self._free[controller]:
-            return self._free[controller].pop(), False
+        if self._free[kind]:
+            return self._free[kind].pop(), False
         while True:
             self._made += 1
-            path = f"{self._parents[controller]}/job-{self._made}"
+            path = f"{self._parents[kind]}/job-{self._made}"
             with contextlib.suppress(FileExistsError):  # a leftover that still has a process
                 os.mkdir(path)
                 return path, True
 
-    def events(self, job: int) -> dict[str, int]:
+    def events(self, job: int) -> Events:
         """How often the job hit its limits: OOM kills and refused forks."""
         out = {"oom_kills": 0, "pids_max_hits": 0}
-        for controller, path, before in self._jobs.get(job, []):
-            key = "oom_kills" if controller == "memory" else "pids_max_hits"
+        if self._hierarchy is None:
+            return out
+        for kind, path, before in self._jobs.get(job, []):
             with contextlib.suppress(OSError, ValueError):
-                out[key] = _count(controller, path) - before
+                for key, now in self._hierarchy.counts(kind, path).items():
+                    out[key] += now - before.get(key, 0)
         return out
 
     def remove(self, job: int) -> None:
         """Hand the job's cgroups back once its processes are gone."""
-        self.pending.extend((c, p) for c, p, _ in self._jobs.pop(job, []))
+        self.pending.extend((kind, path) for kind, path, _ in self._jobs.pop(job, []))
         self.retry()
 
     def retry(self) -> None:
         """Recycle the cgroups whose processes have all exited; end those left in the others."""
+        if self._hierarchy is None:
+            return
         still = []
-        for controller, path in self.pending:
+        for kind, path in self.pending:
             try:
-                with open(f"{path}/cgroup.procs") as f:
-                    empty = not f.read().strip()
-            except OSError:  # not a usable cgroup any more: not one to hand out again
+                empty = self._hierarchy.empty(path)
+            except (OSError, ValueError):  # not a usable cgroup any more: not one to reuse
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
                 continue
             if empty:
-                self._free[controller].append(path)
+                self._free[kind].append(path)
             else:
                 # The job is over: what is still here escaped its end (a job without a pid
                 # namespace leaves its setsid and double-forked processes behind).
-                _kill_members(controller, path)
-                still.append((controller, path))
+                self._hierarchy.kill(kind, path)
+                still.append((kind, path))
         self.pending = still
 
     def close(self, grace: float = 2.0) -> None:
@@ -206,68 +156,6 @@ class JobCgroups:
             time.sleep(0.01)
             self.retry()
         for parent in self._parents.values():
-            _remove_jobs(parent)
-            with contextlib.suppress(OSError):
-                os.rmdir(parent)
-
-
-def _kill_members(controller: str, path: str) -> None:
-    """SIGKILL every process in the job cgroup ``path``, and nothing else: each pid is
-    pinned with a pidfd and signalled only if that very process is still in the cgroup."""
-    member = f":{path.removeprefix(f'{_ROOT}/{controller}')}"
-    try:
-        with open(f"{path}/cgroup.procs") as f:
-            pids = [int(line) for line in f.read().split()]
-    except (OSError, ValueError):
-        return
-    for pid in pids:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            continue  # already gone
-        try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                inside = any(line.endswith(member) and controller in line.split(":")[1]
-                             for line in f.read().splitlines())
-            if inside:  # had it exited and its pid been reused since, this signal fails
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except OSError:
-            pass
-        finally:
-            os.close(pidfd)
-
-
-def _set_limit(controller: str, path: str, value: int) -> None:
-    """Set a reused or new cgroup's limit.
-
-    cgroup v1 keeps memory+swap >= memory at every write, so a cgroup a smaller tool left
-    takes a larger limit only swap first, and a smaller one only memory first.
-    """
-    limit = f"{path}/{_LIMIT_FILES[controller]}"
-    swap = f"{path}/memory.memsw.limit_in_bytes"
-    if controller != "memory" or not os.path.exists(swap):
-        _write(limit, value)
-        return
-    with open(limit) as f:
-        raising = value >= int(f.read())
-    for name in (swap, limit) if raising else (limit, swap):
-        _write(name, value)  # the swap limit too: no escape into swap
-
-
-def _write(path: str, value: int) -> None:
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def _count(controller: str, path: str) -> int:
-    name, field = _EVENTS[controller]
-    return _field(f"{path}/{name}", field)
-
-
-def _field(path: str, name: str) -> int:
-    with open(path) as f:
-        for line in f:
-            key, _, value = line.partition(" ")
-            if key == name:
-                return int(value)
-    return 0
+            remove_members(parent)
+        if self._hierarchy is not None:
+            self._hierarchy.close()

@@ -19,6 +19,8 @@ class HostSupport:
     cgroup: str | None
     user_namespace: str | None
     view: str | None
+    cgroup_how: str = ""
+    """Which cgroup version the job cgroups use and why (empty when unavailable)."""
 
     @classmethod
     def from_probe(cls, probe: dict[str, Any]) -> HostSupport:
@@ -26,14 +28,20 @@ class HostSupport:
         return cls(root=probe["root"], landlock_abi=probe["landlock_abi"],
                    landlock=probe["landlock"], namespaces=probe["namespaces"],
                    cgroup=probe["cgroup"].get("error"), user_namespace=probe["user_namespace"],
-                   view=probe["view"])
+                   view=probe["view"], cgroup_how=_cgroup_how(probe["cgroup"]))
 
     def report(self) -> list[tuple[str, str | None]]:
         """(layer, None or why it is unavailable), for ``doctor`` and the startup log."""
         return [(f"filesystem (Landlock ABI {self.landlock_abi})", self.landlock),
                 ("namespaces (pid, mount, network)", self.namespaces),
                 ("view (a root of the job's own: no host sockets, /run, /home)", self.view),
-                ("cgroup (pids, memory)", self.cgroup)]
+                (f"cgroup (pids, memory){self.cgroup_how}", self.cgroup)]
+
+
+def _cgroup_how(cgroup: dict[str, Any]) -> str:
+    if "version" not in cgroup:
+        return ""
+    return f" with cgroup v{cgroup['version']}: {cgroup['why']}"
 
 
 @dataclass(frozen=True)
