@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import queue
 import threading
@@ -173,13 +174,28 @@ class _Collector:
                          stderr=b"".join(self.out["stderr"]), exit=self.exited)
 
 
+def _schema(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        schema = json.loads(text)
+    except ValueError:
+        raise ProtocolError("the daemon sent a tool input schema that is not JSON") from None
+    if not isinstance(schema, dict):
+        raise ProtocolError("the daemon sent a tool input schema that is not an object")
+    return schema
+
+
 def to_agents(response: agents_pb2.ListAgentsResponse) -> list[AgentInfo]:
     """Discovery's answer as AgentInfo."""
     return [AgentInfo(name=a.name, visibility=_VISIBILITY.get(a.visibility, "unspecified"),
                       tools=tuple(ToolInfo(name=t.name, type=_TOOL_TYPES.get(t.type, "unknown"),
                                            handler=t.handler, require_approval=t.require_approval,
                                            allowed_commands=tuple(t.allowed_commands),
-                                           deny_by_default=t.deny_by_default) for t in a.tools))
+                                           deny_by_default=t.deny_by_default,
+                                           description=t.description,
+                                           input_schema=_schema(t.input_schema))
+                                  for t in a.tools))
             for a in response.agents]
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -201,6 +203,10 @@ class ToolInfo:
     require_approval: bool
     allowed_commands: tuple[str, ...]
     deny_by_default: bool
+    description: str = ""
+    """What the tool does, as a model should read it (the daemon adds the allowlist)."""
+    input_schema: Mapping[str, Any] = field(default_factory=dict)
+    """JSON Schema of the tool's input (empty from a daemon that sends none)."""
 
 
 @dataclass(frozen=True)

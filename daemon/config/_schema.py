@@ -15,17 +15,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from execgate.daemon.config._units import Count, Duration, OpenFiles, Processes, Size, Uid
 from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
+from execgate.daemon.tools._registry import FUNCTION_TOOLS
 
-FUNCTION_HANDLERS = ("read_file", "write_file", "list_directory", "grep_search")
+FUNCTION_HANDLERS = tuple(FUNCTION_TOOLS)
 """The built-in function tools this daemon provides."""
 PROMPT_FIELDS = frozenset({"command", "argv", "cwd", "tool", "agent"})
 """Placeholders every approval prompt may use."""
-PROMPT_ARGUMENTS = {
-    "read_file": frozenset({"path", "file", "offset", "limit"}),
-    "write_file": frozenset({"path", "file", "content", "mode"}),
-    "list_directory": frozenset({"path", "file"}),
-    "grep_search": frozenset({"path", "file", "pattern", "ignore_case", "fixed_strings"}),
-}
+PROMPT_ARGUMENTS = {h: t.prompt_fields for h, t in FUNCTION_TOOLS.items()}
 """Function tools' arguments, by name, for their prompts (``file`` is ``path``)."""
 
 

@@ -22,17 +22,12 @@ from execgate.daemon.policy._confine import resolve as resolve_confinement
 from execgate.daemon.policy._env import check_env, command_env
 from execgate.daemon.policy._jail import check_relative, resolve_cwd, resolve_path
 from execgate.daemon.policy._prompt import approval_prompt
+from execgate.daemon.tools import FUNCTION_TOOLS, FunctionTool
+from execgate.daemon.tools._registry import FLAG_VALUES, MAX_OFFSET
 
-# Named arguments of each built-in function tool: (required, optional).
 FUNCTION_ARGUMENTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "read_file": (frozenset({"path"}), frozenset({"offset", "limit"})),
-    "write_file": (frozenset({"path", "content"}), frozenset({"mode"})),
-    "list_directory": (frozenset(), frozenset({"path"})),
-    "grep_search": (frozenset({"pattern"}), frozenset({"path", "ignore_case", "fixed_strings"})),
-}
-_FLAGS = ("true", "false")
-_MAX_OFFSET = 2**63 - 1
-"""The largest file offset (or length) the kernel takes: a signed 64-bit loff_t."""
+    h: (t.required, t.optional) for h, t in FUNCTION_TOOLS.items()}
+"""Named arguments of each built-in function tool: (required, optional)."""
 
 
 class Policy:
@@ -135,9 +130,9 @@ class Policy:
         args = dict(call.arguments)
         args["path"] = check_relative(args.get("path", "."), rule)
         jail = self._jails[tool_name]
+        _check_function_values(FUNCTION_TOOLS[handler], args)
         if handler == "grep_search":
             return self._grep(agent_name, tool_name, jail, args, limits)
-        _check_function_values(handler, args)
         return FunctionPlan(agent=agent_name, tool=tool_name, handler=handler, arguments=args,
                             jail=jail, limits=limits, max_file_bytes=tool.max_file_bytes)
 
@@ -145,9 +140,6 @@ class Policy:
               limits: Limits) -> CommandPlan:
         """grep_search runs GNU grep in the jail: its matcher cannot backtrack forever, and the
         run gets the same deadline, output cap and confinement as any command."""
-        for flag in ("ignore_case", "fixed_strings"):
-            if args.get(flag, "false") not in _FLAGS:
-                raise Denial(DenialKind.INVALID_ARGUMENT, f"{flag} must be true or false")
         if "\0" in args["pattern"]:
             raise Denial(DenialKind.INVALID_ARGUMENT, "pattern contains a NUL byte")
         # grep follows a symlink named on its command line: it is given the real path the
@@ -173,15 +165,21 @@ class Policy:
                            confinement=self._confinement[tool_name])
 
 
-def _check_function_values(handler: str, args: dict[str, str]) -> None:
-    for name in ("offset", "limit"):
-        value = args.get(name, "0")
-        # Length first: int() of thousands of digits is refused by Python itself.
-        if not (value.isascii() and value.isdigit() and len(value) <= len(str(_MAX_OFFSET))
-                and int(value) <= _MAX_OFFSET):
+def _check_function_values(tool: FunctionTool, args: dict[str, str]) -> None:
+    """Each given value holds what its argument's kind says (paths are checked apart)."""
+    for argument in tool.arguments:
+        value = args.get(argument.name)
+        if value is None:
+            continue
+        if argument.kind == "bytes":
+            # Length first: int() of thousands of digits is refused by Python itself.
+            if not (value.isascii() and value.isdigit() and len(value) <= len(str(MAX_OFFSET))
+                    and int(value) <= MAX_OFFSET):
+                raise Denial(DenialKind.INVALID_ARGUMENT, f"{argument.name} must be a whole "
+                             f"number of bytes from 0 to {MAX_OFFSET}")
+        elif argument.kind == "flag" and value not in FLAG_VALUES:
+            raise Denial(DenialKind.INVALID_ARGUMENT, f"{argument.name} must be true or false")
+        elif argument.kind == "choice" and value not in argument.choices:
             raise Denial(DenialKind.INVALID_ARGUMENT,
-                         f"{name} must be a whole number of bytes from 0 to {_MAX_OFFSET}")
-    if handler == "write_file" and args.get("mode", "overwrite") not in (
-            "overwrite", "append", "create"):
-        raise Denial(DenialKind.INVALID_ARGUMENT,
-                     "mode must be overwrite, append or create (fails if the file exists)")
+                         f"{argument.name} must be one of {', '.join(argument.choices)}: "
+                         f"{argument.description}")

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from execgate.daemon.approvals import Pending
-from execgate.daemon.config import AgentConfig, PolicyConfig
 from execgate.daemon.model import CommandPlan, Exit, Output, Plan, Stream, ToolCall
 from execgate.daemon.sandbox import Layers
-from execgate.v1 import agents_pb2, exec_pb2
+from execgate.v1 import exec_pb2
 
 _STREAM = {Stream.STDOUT: exec_pb2.STREAM_STDOUT, Stream.STDERR: exec_pb2.STREAM_STDERR}
-_VISIBILITY = {"public": agents_pb2.VISIBILITY_PUBLIC, "internal": agents_pb2.VISIBILITY_INTERNAL,
-               "private": agents_pb2.VISIBILITY_PRIVATE}
 
 
 def tool_call(start: exec_pb2.StartCall) -> ToolCall:
@@ -88,19 +85,3 @@ def exit_message(event: Exit) -> exec_pb2.ExecuteResponse:
     message.system_time.FromNanoseconds(round(event.system_time * 1e9))
     return exec_pb2.ExecuteResponse(exit=message)
 
-
-def agent(name: str, config: AgentConfig, policy: PolicyConfig) -> agents_pb2.Agent:
-    """An agent as discovery shows it: only the tools this daemon provides."""
-    message = agents_pb2.Agent(name=name, visibility=_VISIBILITY[config.visibility])
-    for tool_name in config.tools:
-        tool = policy.tools.get(tool_name)
-        if tool is None:
-            continue
-        message.tools.append(agents_pb2.Tool(
-            name=tool_name,
-            type=agents_pb2.TOOL_TYPE_COMMAND if tool.type == "command"
-            else agents_pb2.TOOL_TYPE_FUNCTION,
-            handler=(tool.handler or tool_name) if tool.type == "function" else "",
-            require_approval=tool.require_approval,
-            allowed_commands=tool.allowed_commands, deny_by_default=tool.deny_by_default))
-    return message

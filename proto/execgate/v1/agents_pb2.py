@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xecgate/v1/agents.proto\x12\x0b\x65xecgate.v1\"\x13\n\x11ListAgentsRequest\"8\n\x12ListAgentsResponse\x12\"\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x12.execgate.v1.Agent\"d\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\nvisibility\x18\x02 \x01(\x0e\x32\x17.execgate.v1.Visibility\x12 \n\x05tools\x18\x03 \x03(\x0b\x32\x11.execgate.v1.Tool\"\x97\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.execgate.v1.ToolType\x12\x0f\n\x07handler\x18\x03 \x01(\t\x12\x18\n\x10require_approval\x18\x04 \x01(\x08\x12\x18\n\x10\x61llowed_commands\x18\x05 \x03(\t\x12\x17\n\x0f\x64\x65ny_by_default\x18\x06 \x01(\x08*p\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x01\x12\x17\n\x13VISIBILITY_INTERNAL\x10\x02\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x03*T\n\x08ToolType\x12\x19\n\x15TOOL_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11TOOL_TYPE_COMMAND\x10\x01\x12\x16\n\x12TOOL_TYPE_FUNCTION\x10\x02\x32]\n\x0c\x41gentService\x12M\n\nListAgents\x12\x1e.execgate.v1.ListAgentsRequest\x1a\x1f.execgate.v1.ListAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xecgate/v1/agents.proto\x12\x0b\x65xecgate.v1\"\x13\n\x11ListAgentsRequest\"8\n\x12ListAgentsResponse\x12\"\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x12.execgate.v1.Agent\"d\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\nvisibility\x18\x02 \x01(\x0e\x32\x17.execgate.v1.Visibility\x12 \n\x05tools\x18\x03 \x03(\x0b\x32\x11.execgate.v1.Tool\"\xc2\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.execgate.v1.ToolType\x12\x0f\n\x07handler\x18\x03 \x01(\t\x12\x18\n\x10require_approval\x18\x04 \x01(\x08\x12\x18\n\x10\x61llowed_commands\x18\x05 \x03(\t\x12\x17\n\x0f\x64\x65ny_by_default\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x14\n\x0cinput_schema\x18\x08 \x01(\t*p\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x01\x12\x17\n\x13VISIBILITY_INTERNAL\x10\x02\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x03*T\n\x08ToolType\x12\x19\n\x15TOOL_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11TOOL_TYPE_COMMAND\x10\x01\x12\x16\n\x12TOOL_TYPE_FUNCTION\x10\x02\x32]\n\x0c\x41gentService\x12M\n\nListAgents\x12\x1e.execgate.v1.ListAgentsRequest\x1a\x1f.execgate.v1.ListAgentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'execgate.v1.agents_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VISIBILITY']._serialized_start=376
-  _globals['_VISIBILITY']._serialized_end=488
-  _globals['_TOOLTYPE']._serialized_start=490
-  _globals['_TOOLTYPE']._serialized_end=574
+  _globals['_VISIBILITY']._serialized_start=419
+  _globals['_VISIBILITY']._serialized_end=531
+  _globals['_TOOLTYPE']._serialized_start=533
+  _globals['_TOOLTYPE']._serialized_end=617
   _globals['_LISTAGENTSREQUEST']._serialized_start=41
   _globals['_LISTAGENTSREQUEST']._serialized_end=60
   _globals['_LISTAGENTSRESPONSE']._serialized_start=62
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT']._serialized_start=120
   _globals['_AGENT']._serialized_end=220
   _globals['_TOOL']._serialized_start=223
-  _globals['_TOOL']._serialized_end=374
-  _globals['_AGENTSERVICE']._serialized_start=576
-  _globals['_AGENTSERVICE']._serialized_end=669
+  _globals['_TOOL']._serialized_end=417
+  _globals['_AGENTSERVICE']._serialized_start=619
+  _globals['_AGENTSERVICE']._serialized_end=712
 # @@protoc_insertion_point(module_scope)

@@ -138,12 +138,22 @@ class Tool(_message.Message):
     REQUIRE_APPROVAL_FIELD_NUMBER: _builtins.int
     ALLOWED_COMMANDS_FIELD_NUMBER: _builtins.int
     DENY_BY_DEFAULT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    INPUT_SCHEMA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     type: Global___ToolType.ValueType
     handler: _builtins.str
     """For function tools: the built-in handler (read_file, write_file ...)."""
     require_approval: _builtins.bool
     deny_by_default: _builtins.bool
+    description: _builtins.str
+    """What the tool does, for a model choosing a tool: the policy's description, then what the
+    daemon adds (a command tool's allowlist, whether a human approves each call).
+    """
+    input_schema: _builtins.str
+    """JSON Schema (draft 2020-12) of the tool's input, as JSON text: an object with argv, cwd,
+    timeout, env and stdin for a command tool; the handler's named arguments for a function tool.
+    """
     @_builtins.property
     def allowed_commands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """For command tools: the commands explicitly allowed."""
@@ -157,10 +167,12 @@ class Tool(_message.Message):
         require_approval: _builtins.bool = ...,
         allowed_commands: _abc.Iterable[_builtins.str] | None = ...,
         deny_by_default: _builtins.bool = ...,
+        description: _builtins.str = ...,
+        input_schema: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_commands", b"allowed_commands", "deny_by_default", b"deny_by_default", "handler", b"handler", "name", b"name", "require_approval", b"require_approval", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_commands", b"allowed_commands", "deny_by_default", b"deny_by_default", "description", b"description", "handler", b"handler", "input_schema", b"input_schema", "name", b"name", "require_approval", b"require_approval", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
