@@ -13,7 +13,8 @@ user namespace of its own (its uid mapped to itself), which gives it the right t
 the others.
 
 Protocol (``_wire``), daemon to helper: ``spawn`` (a job spec, with stdin/stdout/stderr) and
-``signal``; helper to daemon: ``ready`` (what this host supports) and ``exited`` per job.
+``signal`` and ``ping``; helper to daemon: ``ready`` (what this host supports), ``exited``
+per job and ``pong`` per ping (the daemon's watchdog: a wedged helper stops the service's).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import os
 import selectors
 import signal
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from execgate.daemon.sandbox import _cgroups, _landlock, _linux, _wire
-from execgate.daemon.sandbox._init import init_main
+from execgate.daemon.sandbox._init import init_main, job_kind
+from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
 
 POOL_SIZE = 2
 """Waiting inits per kind of job: enough for a burst to start without namespace creation."""
@@ -77,8 +80,13 @@ class Init:
     flags: int
 
 
-PoolKey = tuple[int, bool]
-"""What a waiting init was made for: its clone flags, and whether it built a view."""
+PoolKey = tuple[int, str]
+"""What a waiting init was made for: its clone flags, and its kind of job (``job_kind``, as
+canonical JSON): in effect, one pool per tool."""
+MAX_KINDS = 8
+"""Pools kept at once; the least recently used kind's inits go first."""
+_PROBE_KIND = {"tmp_dir": "/tmp", "tmp_size": 1 << 20, "landlock": None,
+               "view": {"read": list(DEFAULT_READ_PATHS), "write": [], "unix_sockets": []}}
 
 
 @dataclass
@@ -90,12 +98,13 @@ class Job:
     cgroups: list[str] = field(default_factory=list)
 
 
-def start_init(flags: int, netns: int | None = None, view_root: str | None = None) -> Init:
-    """Clone a new init with ``flags``; it waits for its spec.
+def start_init(flags: int, view_root: str, kind: dict[str, Any] | None = None,
+               netns: int | None = None) -> Init:
+    """Clone a new init with ``flags``; it prepares ``kind`` of job, then waits for its spec.
 
     With CLONE_NEWNET in ``flags`` and a shared empty network namespace ``netns``, the init
-    joins that one instead of paying for a new one per job. With ``view_root`` it builds the
-    job's filesystem view there while it waits.
+    joins that one instead of paying for a new one per job. A view is built on
+    ``view_root``, an empty directory each init's mount namespace covers.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     clone_flags = flags & ~_linux.CLONE_NEWNET if netns is not None else flags
@@ -109,7 +118,7 @@ def start_init(flags: int, netns: int | None = None, view_root: str | None = Non
         null = os.open("/dev/null", os.O_RDWR)  # takes 0: received fds never land on 0-2
         os.dup2(null, 1)
         os.dup2(null, 2)
-        init_main(theirs, flags, view_root)
+        init_main(theirs, flags, view_root, kind)
     theirs.close()
     return Init(pid=pid, sock=ours, flags=flags)
 
@@ -156,7 +165,7 @@ def probe(in_userns: bool, userns_error: str | None, mountpoint: str) -> dict[st
         "the kernel has no Landlock (or it is disabled)")
     flags = _linux.CLONE_NEWPID | _linux.CLONE_NEWNS | _linux.CLONE_NEWNET
     try:
-        init = start_init(flags)
+        init = start_init(flags, mountpoint)
         init.sock.close()  # end of stream: the probe init exits 0 after its mounts
         _, status = os.waitpid(init.pid, 0)
         host["namespaces"] = None if status == 0 else f"a probe init failed (status {status})"
@@ -171,7 +180,7 @@ def probe(in_userns: bool, userns_error: str | None, mountpoint: str) -> dict[st
 def _probe_view(flags: int, mountpoint: str) -> str | None:
     """None when an init can build a job's filesystem view here, else why not."""
     try:
-        init = start_init(flags & ~_linux.CLONE_NEWNET, view_root=mountpoint)
+        init = start_init(flags & ~_linux.CLONE_NEWNET, mountpoint, _PROBE_KIND)
     except OSError as exc:
         return f"cannot start a probe init: {exc}"
     report = None
@@ -240,8 +249,20 @@ class Helper:
         return None
 
     def _start(self, key: PoolKey) -> Init:
-        flags, view = key
-        return start_init(flags, self._netns, self._mountpoint if view else None)
+        flags, kind = key
+        return start_init(flags, self._mountpoint, json.loads(kind), self._netns)
+
+    def _use(self, key: PoolKey) -> list[Init]:
+        """The pool of ``key``, now the most recently used; beyond MAX_KINDS the least
+        recently used pool's inits are ended (a policy with many tools keeps working, the
+        rarely used ones cold)."""
+        pool = self._pool.pop(key, [])
+        self._pool[key] = pool
+        while len(self._pool) > MAX_KINDS:
+            for init in self._pool.pop(next(iter(self._pool))):
+                init.sock.close()  # end of stream: a waiting init exits by itself
+                self._exiting.append(init.pid)
+        return pool
 
     def _refill(self, key: PoolKey) -> None:
         try:
@@ -275,14 +296,16 @@ class Helper:
             if job is not None:  # unreaped, so the pid is still this job's init
                 with contextlib.suppress(OSError):
                     os.kill(job.init.pid, message["signal"])
+        elif message["op"] == "ping":
+            _wire.send(self._daemon, {"op": "pong", "id": message["id"]})
         return True
 
     def _pool_key(self, spec: dict[str, Any]) -> PoolKey:
+        kind = json.dumps(job_kind(spec), sort_keys=True, separators=(",", ":"))
         if not spec["namespaces"]:
-            return 0, False
+            return 0, kind
         flags = _linux.CLONE_NEWPID | _linux.CLONE_NEWNS
-        return (flags if spec["network"] else flags | _linux.CLONE_NEWNET,
-                spec["view"] is not None)
+        return flags if spec["network"] else flags | _linux.CLONE_NEWNET, kind
 
     def _private_tmp(self, spec: dict[str, Any]) -> None:
         """Give the job a private tmpfs, and tell it where (TMPDIR, Landlock)."""
@@ -304,7 +327,7 @@ class Helper:
         try:
             spec["cgroups"] = self._cgroups.create(job_id, spec["cgroup"])
             key = self._pool_key(spec)
-            pool = self._pool.setdefault(key, [])
+            pool = self._use(key)
             init = pool.pop() if pool else self._start(key)
             _wire.send(init.sock, spec, fds)
         except OSError as exc:

@@ -3,9 +3,11 @@
 The helper clones it into fresh pid and mount namespaces (joining the helper's empty network
 namespace for jobs without network), where it mounts a /proc that shows only the job, then
 waits for a job spec; the helper keeps a few waiting so that a call does not pay for
-namespace creation; while it waits it also builds most of the job's filesystem view
-(``_view``). Given a job it confines *itself* with everything a child inherits (cgroup, its
-view and private /tmp, rlimits, user, cwd, no_new_privs, Landlock), then starts the
+namespace creation. While it waits it also does everything that depends only on the kind of
+job it was made for (its tool's paths): the private /tmp, the job's filesystem view
+(``_view``), entered with pivot_root, and the whole Landlock ruleset. Given a job it confines
+*itself* with the rest of what a child inherits (cgroup, rlimits, user, cwd, no_new_privs,
+Landlock), then starts the
 command with posix_spawn, which is vfork-fast because no Python code has to run in the
 child. It forwards signals to the command's
 session, reaps every orphan, and reports the command's status. When it exits, the kernel
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from execgate.daemon.sandbox import _landlock, _linux, _view, _wire
-from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
@@ -46,12 +47,14 @@ class JobRefused(Exception):
     """The job cannot be set up as its spec says; the message is for the caller."""
 
 
-def init_main(sock: socket.socket, flags: int, view_root: str | None) -> NoReturn:
+def init_main(sock: socket.socket, flags: int, view_root: str,
+              kind: dict[str, Any] | None) -> NoReturn:
     """Run as a freshly cloned job init; never returns.
 
-    With ``view_root`` (an empty directory) the job gets its own filesystem view, built
-    there. An init that cannot warm up says why and exits 1, which is how the helper's
-    probe learns what this host lacks.
+    ``kind`` is what every job this init may run shares (``job_kind``): it is prepared now,
+    a view built on ``view_root`` (an empty directory) when it has one. An init that cannot
+    warm up says why and exits 1, which is how the helper's probe learns what this host
+    lacks.
     """
     try:
         _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the helper
@@ -61,9 +64,7 @@ def init_main(sock: socket.socket, flags: int, view_root: str | None) -> NoRetur
             _linux.mount("none", "/", None, _linux.MS_REC | _linux.MS_PRIVATE, None)
             _linux.mount("proc", "/proc", "proc",
                          _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC, None)
-        base = _warm_up(flags)
-        view = _Prepared(view_root, _view.prepare(view_root, DEFAULT_READ_PATHS)
-                         ) if view_root else None
+        ready = _prepare(flags, view_root, kind)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             _wire.send(sock, {"error": f"{type(exc).__name__}: {exc}"})
@@ -72,7 +73,7 @@ def init_main(sock: socket.socket, flags: int, view_root: str | None) -> NoRetur
         spec, fds = _wire.receive(sock)  # a pooled init waits here
         if spec is None:
             os._exit(0)
-        report = _run(spec, fds, flags, base, view, sock)
+        report = _run(spec, fds, flags, ready, sock)
     except JobRefused as exc:
         report = {"error": str(exc)}
     except BaseException as exc:
@@ -82,69 +83,58 @@ def init_main(sock: socket.socket, flags: int, view_root: str | None) -> NoRetur
     os._exit(0)
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A view built while waiting: its root and the read paths bound there."""
-
-    root: str
-    read_paths: frozenset[str]
+def job_kind(spec: dict[str, Any]) -> dict[str, Any]:
+    """What of a job spec an init can prepare before the job: it depends on the tool only."""
+    return {key: spec[key] for key in ("tmp_dir", "tmp_size", "view", "landlock")}
 
 
 @dataclass(frozen=True)
-class _Base:
-    """A Landlock ruleset with the default read paths, made while waiting for a job."""
+class _Ready:
+    """What a waiting init prepared for its kind of job."""
 
-    fd: int
-    abi: int
-    deny_tcp: bool
+    ruleset: int | None
+    """The job's whole Landlock ruleset, or None when the layer is off."""
+    host: str
+    """Where the host's root is still reachable ("/" without a view): the job's cgroups
+    are joined through it, then a view detaches it."""
 
 
-def _warm_up(flags: int) -> _Base | None:
-    """Do, while waiting for a job, what every job needs: take this copy of the helper's
-    copy-on-write page faults, and open the ~40 default read paths into a Landlock ruleset
-    (it must be built here, after this init's own /proc is mounted)."""
+def _prepare(flags: int, view_root: str, kind: dict[str, Any] | None) -> _Ready:
+    """Do, while waiting, what every job of this kind needs: take this copy of the helper's
+    copy-on-write page faults, mount the private /tmp or build and enter the view, and open
+    the Landlock ruleset's paths (after this init's own /proc and view exist)."""
     json.loads(json.dumps({"warm": [1, 2.0, "x", None, True], "up": {}}))
     for sig in FORWARDED:
         signal.getsignal(sig)
     resource.getrlimit(resource.RLIMIT_CORE)
-    abi = _landlock.abi_version()
-    if abi < 1:
-        return None
-    deny_tcp = bool(flags & _linux.CLONE_NEWNET)
-    fd = _landlock.create(abi, deny_tcp)
-    _landlock.allow(fd, DEFAULT_READ_PATHS, _landlock.READ, abi)
-    return _Base(fd, abi, deny_tcp)
-
-
-def _ruleset(rules: dict[str, Any], base: _Base | None) -> int:
-    """The job's ruleset: the waiting base plus the job's own paths when the job uses the
-    default read paths, else one built from scratch."""
-    if (base is not None and rules["read"] == list(DEFAULT_READ_PATHS)
-            and (rules["abi"], rules["deny_tcp"]) == (base.abi, base.deny_tcp)):
-        _landlock.allow(base.fd, rules["write"], _landlock.READ | _landlock.WRITE, base.abi)
-        return base.fd
-    return _landlock.prepare(_landlock.Ruleset(
+    if kind is None:  # a probe of namespaces alone
+        return _Ready(None, "/")
+    host = "/"
+    if kind["view"] is not None:
+        view = kind["view"]
+        _view.build(view_root, view["read"], view["write"], view["unix_sockets"],
+                    kind["tmp_size"])
+        host = _view.HOST + "/"
+    elif flags & _linux.CLONE_NEWNS and kind["tmp_dir"]:
+        _linux.mount("tmpfs", kind["tmp_dir"], "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
+                     f"size={kind['tmp_size']},mode=1777")
+    rules = kind["landlock"]
+    ruleset = _landlock.prepare(_landlock.Ruleset(
         read=tuple(rules["read"]), write=tuple(rules["write"]), deny_tcp=rules["deny_tcp"]),
-        rules["abi"])
+        rules["abi"]) if rules else None
+    return _Ready(ruleset, host)
 
 
-def _confine(spec: dict[str, Any], flags: int, base: _Base | None, view: _Prepared | None,
-             helper: socket.socket) -> None:
+def _confine(spec: dict[str, Any], ready: _Ready, helper: socket.socket) -> None:
     for procs in spec["cgroups"]:
-        with open(procs, "w") as f:
+        with open(ready.host + procs.lstrip("/"), "w") as f:
             f.write("0")  # this process; the command and its children follow
-    if view is not None:
-        wanted = spec["view"]
-        _view.enter(view.root, view.read_paths, wanted["read"], wanted["write"],
-                    wanted["unix_sockets"], spec["tmp_size"])
-    elif flags & _linux.CLONE_NEWNS and spec["tmp_dir"]:
-        _linux.mount("tmpfs", spec["tmp_dir"], "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
-                     f"size={spec['tmp_size']},mode=1777")
+    if ready.host != "/":
+        _view.leave_host()
     # Opened now, as the init's own user: the jail may sit below a directory the job's user
     # cannot traverse. Entered only after the user changes, so that the kernel checks the
     # job's right to enter it.
     cwd = _open_cwd(spec)
-    ruleset = _ruleset(spec["landlock"], base) if spec["landlock"] else None
     for name, value in spec["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
     if spec["uid"] is not None:
@@ -160,8 +150,8 @@ def _confine(spec: dict[str, Any], flags: int, base: _Base | None, view: _Prepar
     finally:
         os.close(cwd)
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
-    if ruleset is not None:
-        _landlock.enforce(ruleset)
+    if ready.ruleset is not None:
+        _landlock.enforce(ready.ruleset)
 
 
 def _open_cwd(spec: dict[str, Any]) -> int:
@@ -201,10 +191,10 @@ def _rearm_death_signal(helper: socket.socket) -> None:
         os._exit(1)
 
 
-def _run(spec: dict[str, Any], fds: list[int], flags: int, base: _Base | None,
-         view: _Prepared | None, helper: socket.socket) -> dict[str, Any]:
+def _run(spec: dict[str, Any], fds: list[int], flags: int, ready: _Ready,
+         helper: socket.socket) -> dict[str, Any]:
     stdin, stdout, stderr = fds
-    _confine(spec, flags, base, view, helper)
+    _confine(spec, ready, helper)
     if not flags & _linux.CLONE_NEWPID:
         # No pid namespace to end with the job: whatever the command leaves behind (setsid,
         # double forks) is re-parented to this init instead of the host's, and ended below.

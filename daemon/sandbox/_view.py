@@ -8,9 +8,11 @@ bound writable, a private /tmp and /dev/shm, a minimal /dev, the job's own /proc
 unix sockets the tool names. Nothing else of the host exists there: no /run, /var/run, /home,
 host /tmp, no daemon socket, no D-Bus or container runtime socket.
 
-Building the read-only part costs two mount calls a path, so a pooled init does it while it
-waits (``prepare``); a job adds only its own paths and pivots (``enter``). Plain module:
-the helper and the inits import it, with no asyncio or structlog.
+A view depends only on the tool (its paths, sockets and /tmp size), so a pooled init builds
+it whole while it waits, for the kind of job it will run, and pivots into it (``build``). The
+host's root stays reachable at ``HOST`` until the job has joined its cgroups; then it is
+detached (``leave_host``) and the command starts. Plain module: the helper and the inits
+import it, with no asyncio or structlog.
 """
 
 from __future__ import annotations
@@ -33,16 +35,24 @@ _LOCKED = ((os.ST_NOSUID, _linux.MS_NOSUID), (os.ST_NODEV, _linux.MS_NODEV),
            (os.ST_NODIRATIME, _linux.MS_NODIRATIME), (os.ST_RELATIME, _linux.MS_RELATIME))
 
 
-def prepare(root: str, read_paths: Iterable[str]) -> frozenset[str]:
-    """Mount the view's tmpfs on ``root`` and bind ``read_paths`` into it read-only.
+HOST = "/dev/.host"
+"""Where the host's root stays, inside a built view, until ``leave_host``."""
 
-    Returns the read paths actually bound (a path missing on this host is skipped, as
-    Landlock skips it).
+
+def build(root: str, read_paths: Iterable[str], write_paths: Iterable[str],
+          unix_sockets: Iterable[str], tmp_size: int) -> None:
+    """Build a view on ``root`` (an empty directory) and pivot into it.
+
+    Read paths are bound read-only; write paths (the jail among them) and unix sockets
+    writable; /tmp and /dev/shm are new tmpfs of ``tmp_size``. Parents are mounted before
+    children, so a jail under /tmp sits on the private /tmp and a write path inside a read
+    path stays writable. A path missing on this host is skipped, as Landlock skips it.
     """
     _linux.mount("tmpfs", root, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
                  "mode=0755,size=1m")
-    paths = sorted(set(read_paths) - set(DEVICES) - {"/proc"})
-    bound = {p for p in paths if _bind_read(root, p, paths)}
+    reads = sorted(set(read_paths) - set(DEVICES) - {"/proc"})
+    for path in reads:
+        _bind_read(root, path, reads)
     os.mkdir(f"{root}/dev", 0o755)
     _linux.mount("tmpfs", f"{root}/dev", "tmpfs", _linux.MS_NOSUID, "mode=0755,size=64k")
     for device in DEVICES:
@@ -52,52 +62,32 @@ def prepare(root: str, read_paths: Iterable[str]) -> frozenset[str]:
         os.symlink(target, f"{root}/dev/{name}")
     os.mkdir(f"{root}/proc", 0o555)
     _bind("/proc", f"{root}/proc")  # this init's own /proc: only the job's processes
-    return frozenset(bound)
-
-
-def enter(root: str, prepared: frozenset[str], read_paths: Iterable[str],
-          write_paths: Iterable[str], unix_sockets: Iterable[str], tmp_size: int) -> None:
-    """Fit the prepared view to one job, make its root read-only and pivot into it.
-
-    Read paths the job does not have are unmounted; its own extra read paths, its write
-    paths (the jail among them) and its unix sockets are bound; /tmp and /dev/shm are new
-    tmpfs of ``tmp_size``. Parents are mounted before children, so a jail under /tmp sits
-    on the private /tmp and a write path inside a read path stays writable.
-    """
-    wanted = set(read_paths) - set(DEVICES) - {"/proc"}
-    for path in sorted(prepared - wanted, reverse=True):
-        target = root + path
-        if os.path.islink(target):
-            os.unlink(target)
-            continue
-        _linux.umount2(target, _linux.MNT_DETACH)
-        with contextlib.suppress(OSError):  # the mount point itself must not show either
-            (os.rmdir if os.path.isdir(target) else os.unlink)(target)
-    mounts: list[tuple[str, str]] = [(p, "read") for p in sorted(wanted - prepared)]
-    mounts += [(p, "write") for p in write_paths if p not in DEVICES]
+    mounts: list[tuple[str, str]] = [(p, "write") for p in write_paths if p not in DEVICES]
     mounts += [(p, "socket") for p in unix_sockets]
     mounts += [("/tmp", "tmp"), ("/dev/shm", "tmp")]
     for path, kind in sorted(mounts, key=lambda m: m[0].count("/")):
-        if kind == "read":
-            _bind_read(root, path, wanted)
-        elif kind == "tmp":
+        if kind == "tmp":
             os.makedirs(root + path, exist_ok=True)
             _linux.mount("tmpfs", root + path, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
                          f"size={tmp_size},mode=1777")
         elif os.path.lexists(path):
             _bind(path, root + path)
+    os.mkdir(root + HOST, 0o700)
     _linux.mount("none", root, None,
                  _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | _linux.MS_NOSUID
                  | _linux.MS_NODEV, None)
-    # pivot_root(".", "."): the old root lands on top of the new one, then goes away; no
-    # directory for it is needed in the (read-only) new root.
     os.chdir(root)
-    _linux.pivot_root(".", ".")
-    _linux.umount2(".", _linux.MNT_DETACH)
+    _linux.pivot_root(".", HOST.lstrip("/"))
     os.chdir("/")
 
 
-def _bind_read(root: str, path: str, others: Iterable[str]) -> bool:
+def leave_host() -> None:
+    """Detach the host's root from the view: from now on only the view exists."""
+    _linux.umount2(HOST, _linux.MNT_DETACH)
+    os.rmdir(HOST)
+
+
+def _bind_read(root: str, path: str, others: Iterable[str]) -> None:
     """Bind ``path`` read-only; a symlink whose target the view has anyway stays a symlink
     (``/bin -> usr/bin``), any other is bound as what it points to."""
     if os.path.islink(path):
@@ -105,9 +95,9 @@ def _bind_read(root: str, path: str, others: Iterable[str]) -> bool:
         if any(real == o or real.startswith(o.rstrip("/") + "/") for o in others if o != path):
             os.makedirs(os.path.dirname(root + path), exist_ok=True)
             os.symlink(os.readlink(path), root + path)
-            return True
+            return
     if not os.path.exists(path):
-        return False
+        return
     target = root + path
     _bind(path, target)
     flags = _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY
@@ -116,7 +106,6 @@ def _bind_read(root: str, path: str, others: Iterable[str]) -> bool:
         if locked & st_flag:
             flags |= ms_flag
     _linux.mount("none", target, None, flags, None)
-    return True
 
 
 def _bind(source: str, target: str) -> None:
