@@ -105,3 +105,20 @@ class Audit:
     def helper_restart_failed(self, reason: str) -> None:
         """No new sandbox helper could be started: every command call is refused."""
         self._log.error("sandbox.helper_restart_failed", reason=reason)
+
+    def helper_unanswered(self, missed: int) -> None:
+        """The sandbox helper missed ``missed`` watchdog pings in a row: the service manager
+        hears nothing from the daemon until it answers (and restarts the service)."""
+        self._log.warning("sandbox.helper_unanswered", missed=missed)
+
+    def policy_reloaded(self, source: str, needs_restart: list[str]) -> None:
+        """A reload is in force for new calls; ``needs_restart`` kept their old values."""
+        self._log.info("policy.reloaded", source=source, needs_restart=needs_restart)
+
+    def policy_reload_refused(self, source: str, errors: list[str]) -> None:
+        """A reload was refused; the policy in force stays."""
+        self._log.warning("policy.reload_refused", source=source, errors=errors)
+
+    def draining(self, runs: int, timeout: float) -> None:
+        """The daemon takes no new calls; running ones have ``timeout`` seconds to end."""
+        self._log.info("server.draining", runs=runs, drain_timeout=timeout)

@@ -28,15 +28,17 @@ from execgate.daemon.config import (
     ConfigError,
     LoadedPolicy,
     LoggerConfig,
+    PolicyConfig,
     TlsConfig,
     expansion_env,
     load_policy,
     parse_policy,
     unenforced,
 )
-from execgate.daemon.preflight import make_policy, preflight
+from execgate.daemon.preflight import Preflight, make_policy, preflight
 from execgate.daemon.sandbox import Spawner
 from execgate.daemon.server import StartupError, sandbox_report, serve
+from execgate.daemon.systemd import ActivationError, listen_sockets
 
 EXIT_CONFIG = 2
 
@@ -143,22 +145,40 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
            tls: TlsConfig | None) -> int:
     # The embedded default gets a fresh local token so that only this user can call it.
     token = secrets.token_urlsafe(32) if config_path is None else None
-    loaded, known = _load(config_path, token or "")
-    if auth or tls:
-        server = loaded.config.server
-        changes: dict[str, object] = {"auth": server.auth.model_copy(update=auth)}
-        if tls:
-            changes["tls"] = tls
-        loaded = LoadedPolicy(
-            config=loaded.config.model_copy(update={"server": server.model_copy(
-                update=changes)}),
-            source=loaded.source, warnings=loaded.warnings)
+    try:
+        inherited = listen_sockets(os.environ)  # socket activation: first, and only once
+    except ActivationError as exc:
+        raise StartupError(str(exc)) from None
+    activated = [sock.address for sock in inherited]
+
+    def load() -> tuple[LoadedPolicy, list[str]]:
+        """The policy with the command line's flags applied, as at start and on reload."""
+        loaded, known = _load(config_path, token or "")
+        if auth or tls:
+            server = loaded.config.server
+            changes: dict[str, object] = {"auth": server.auth.model_copy(update=auth)}
+            if tls:
+                changes["tls"] = tls
+            loaded = LoadedPolicy(
+                config=loaded.config.model_copy(update={"server": server.model_copy(
+                    update=changes)}),
+                source=loaded.source, warnings=loaded.warnings)
+        return loaded, known
+
+    loaded, known = load()
     configure_logging(loaded.config.logger)
     log = structlog.get_logger()
     for warning in (*loaded.warnings, *unenforced(loaded.config)):
         log.warning("config", warning=warning)
     checked = preflight(loaded.config, loaded.source, Path.cwd(), listen,
-                        create_jails=config_path is None, known=known)
+                        create_jails=config_path is None, known=known, inherited=activated)
+
+    def reload() -> tuple[str, PolicyConfig, Preflight]:
+        again, known = load()
+        for warning in (*again.warnings, *unenforced(again.config)):
+            log.warning("config", warning=warning)
+        return again.source, again.config, preflight(
+            again.config, again.source, Path.cwd(), listen, known=known, inherited=activated)
 
     def ready(bound: list[str]) -> None:
         if token is not None:
@@ -168,7 +188,10 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
                   "clients send 'authorization: Bearer <token>')", flush=True)
         print(f"execgated: serving on {', '.join(bound)}", flush=True)
 
-    asyncio.run(serve(loaded.config, checked, ready))
+    # The embedded default is made at start (its token, its jails): a reload has nothing
+    # to read again.
+    asyncio.run(serve(loaded.config, checked, ready,
+                      reload if config_path is not None else None, inherited))
     return 0
 
 

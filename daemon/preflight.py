@@ -61,13 +61,15 @@ class Preflight:
     listeners: list[Listener]
 
 
-def listeners(config: PolicyConfig, flags: Sequence[str]) -> tuple[list[Listener], list[str]]:
+def listeners(config: PolicyConfig, flags: Sequence[str],
+              inherited: Sequence[str] = ()) -> tuple[list[Listener], list[str]]:
     """The listeners (``--listen`` flags win over ``server.listen`` and ``server.port``) and
-    the problems with them."""
+    the problems with them; they add to the ``inherited`` sockets (socket activation)."""
     addresses = list(flags) or config.server.listen or (
         [f"127.0.0.1:{config.server.port}"] if config.server.port is not None else [])
     if not addresses:
-        return [], ["nowhere to listen: give --listen, server.listen or server.port"]
+        return [], [] if inherited else [
+            "nowhere to listen: give --listen, server.listen or server.port"]
     found = [Listener(a) for a in addresses]
     tls = config.server.tls is not None or config.server.allow_remote_plaintext
     return found, [p for listener in found if (p := listener.problem(tls)) is not None]
@@ -149,13 +151,16 @@ def make_policy(config: PolicyConfig, source: str, base: Path) -> Policy:
 
 
 def preflight(config: PolicyConfig, source: str, base: Path, listen: Sequence[str] = (),
-              create_jails: bool = False, known: Sequence[str] = ()) -> Preflight:
+              create_jails: bool = False, known: Sequence[str] = (),
+              inherited: Sequence[str] = ()) -> Preflight:
     """Check everything serve needs of ``config`` on this host; raises ConfigError listing
     every problem, after the ``known`` ones the loader found. ``create_jails`` makes missing
-    working directories (the embedded default brings its own)."""
-    found, problems = listeners(config, listen)
+    working directories (the embedded default brings its own). ``inherited`` are the
+    addresses of the unix sockets the service manager passed: already bound, they count as
+    listeners."""
+    found, problems = listeners(config, listen, inherited)
     problems = [*known, *problems]
-    problems += _auth_problems(config, found)
+    problems += _auth_problems(config, [*found, *map(Listener, inherited)])
     problems += _tls_problems(config, base)
     jails = {name: _jail_problem(name, tool, base, create_jails)
              for name, tool in config.tools.items()}

@@ -118,6 +118,11 @@ class UnixRelay:
         os.chmod(path, 0o666 if self._allowed - {os.geteuid()} else 0o600)
         self._servers.append(server)
 
+    async def adopt(self, sock: socket.socket) -> None:
+        """Accept on a socket someone else bound (socket activation): its file's owner and
+        mode are the service manager's (``SocketMode=``); callers are judged as on ours."""
+        self._servers.append(await asyncio.start_unix_server(self._accept, sock=sock))
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock: socket.socket = writer.get_extra_info("socket")
         pid, uid, _ = struct.unpack("3i", sock.getsockopt(

@@ -161,19 +161,21 @@ def writable_by_commands(path: Path) -> Path:
 
 
 def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = (), own_group: bool = False) -> Daemon:
+                 extra_args: tuple[str, ...] = (), own_group: bool = False,
+                 wrapper: tuple[str, ...] = (), pass_fds: tuple[int, ...] = ()) -> Daemon:
     """Start execgated in ``root`` and return once it says it is serving; ``own_group``
-    makes it lead a process group of its own (which a test may signal as a whole)."""
+    makes it lead a process group of its own (which a test may signal as a whole);
+    ``wrapper`` is a command line put before the daemon's, which is handed ``pass_fds``."""
     (root / "workspace").mkdir(exist_ok=True)
     writable_by_commands(root / "workspace")
-    args = [*daemon_command(), "serve", "--listen", "127.0.0.1:0", *extra_args]
+    args = [*wrapper, *daemon_command(), "serve", "--listen", "127.0.0.1:0", *extra_args]
     if policy is not None:
         (root / "policy.yaml").write_text(policy)
         args += ["--config", str(root / "policy.yaml")]
     full_env = {**os.environ, "TEST_API_KEY": API_KEY, "XDG_STATE_HOME": str(root / "state"),
                 "CGROUP": "required" if HAS_CGROUP else "optional", **(env or {})}
     proc = subprocess.Popen(args, cwd=root, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+                            stderr=subprocess.PIPE, text=True, pass_fds=pass_fds,
                             process_group=0 if own_group else None)
     assert proc.stdout is not None and proc.stderr is not None
     daemon = Daemon(proc=proc, target="", root=root)

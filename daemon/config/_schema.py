@@ -372,6 +372,9 @@ class ServerConfig(_Strict):
     path: str = "/usr/local/bin:/usr/bin:/bin"
     """The fixed PATH that resolves argv[0]; a request can never change it."""
     max_concurrent_runs: Count = 64
+    drain_timeout: Duration = 10.0
+    """On SIGTERM, how long running calls may go on finishing before they are stopped; keep
+    it, plus the tools' kill_grace, below the unit's TimeoutStopSec (15s)."""
     tls: TlsConfig | None = None
     allow_remote_plaintext: bool = False
     """Serve plaintext on non-loopback addresses (credentials then cross the network in the

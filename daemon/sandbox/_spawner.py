@@ -82,6 +82,7 @@ class Spawner:
         self.host = host
         self._ids = itertools.count(1)
         self._jobs: dict[int, asyncio.Future[ExitStatus]] = {}
+        self._pongs: dict[int, asyncio.Future[None]] = {}
         self._broken: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -118,6 +119,23 @@ class Spawner:
         if self._broken is None:
             _wire.send(self._sock, {"op": "signal", "job": job_id, "signal": sig})
 
+    async def ping(self, timeout: float) -> bool:
+        """Whether the helper answers within ``timeout`` seconds: the watchdog's proof that
+        it is not wedged (its loop serves every spawn)."""
+        if self._broken is not None or self._loop is None:
+            return False
+        ping_id = next(self._ids)
+        pong: asyncio.Future[None] = self._loop.create_future()
+        self._pongs[ping_id] = pong
+        try:
+            _wire.send(self._sock, {"op": "ping", "id": ping_id})
+            await asyncio.wait_for(pong, timeout)
+        except (TimeoutError, OSError):
+            return False
+        finally:
+            self._pongs.pop(ping_id, None)
+        return True
+
     def _on_message(self) -> None:
         try:
             message, _ = _wire.receive(self._sock)
@@ -127,6 +145,11 @@ class Spawner:
         if message is None:
             self._fail_all(self._broken or "it exited")
             self._restart()
+            return
+        if message.get("op") == "pong":
+            pong = self._pongs.pop(message["id"], None)
+            if pong is not None and not pong.done():
+                pong.set_result(None)
             return
         exited = self._jobs.pop(message["job"], None)
         if exited is not None and not exited.done():

@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 
-from execgate.daemon.access import Access
 from execgate.daemon.auth import current_principal
 from execgate.daemon.config import AgentConfig, PolicyConfig, ToolConfig
+from execgate.daemon.snapshot import Current
 from execgate.daemon.tools import FUNCTION_TOOLS
 from execgate.v1 import agents_pb2, agents_pb2_grpc
 
@@ -21,16 +21,16 @@ _VISIBILITY = {"public": agents_pb2.VISIBILITY_PUBLIC, "internal": agents_pb2.VI
 class AgentService(agents_pb2_grpc.AgentServiceServicer):
     """Lists the agents the caller may see."""
 
-    def __init__(self, access: Access, policy: PolicyConfig) -> None:
-        self._access = access
-        self._policy = policy
+    def __init__(self, current: Current) -> None:
+        self._current = current
 
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext,
     ) -> agents_pb2.ListAgentsResponse:
-        visible = self._access.visible(current_principal.get())
+        snapshot = self._current.get()
+        visible = snapshot.access.visible(current_principal.get())
         return agents_pb2.ListAgentsResponse(
-            agents=[agent_message(name, agent, self._policy) for name, agent in visible])
+            agents=[agent_message(name, agent, snapshot.config) for name, agent in visible])
 
 
 def agent_message(name: str, config: AgentConfig, policy: PolicyConfig) -> agents_pb2.Agent:

@@ -22,11 +22,10 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from execgate.daemon.access import Access
 from execgate.daemon.approvals import Approvals, Pending
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal
-from execgate.daemon.limits import RateLimiter, RunSlots
+from execgate.daemon.limits import RunSlots
 from execgate.daemon.model import (
     CommandPlan,
     Denial,
@@ -38,11 +37,11 @@ from execgate.daemon.model import (
     Principal,
     ToolCall,
 )
-from execgate.daemon.policy import Policy
 from execgate.daemon.runs import CommandRun, FunctionRun, OnExit, Run
 from execgate.daemon.sandbox import Layers, Spawner
 from execgate.daemon.services import _convert
 from execgate.daemon.services._errors import abort
+from execgate.daemon.snapshot import Current
 from execgate.v1 import exec_pb2, exec_pb2_grpc
 
 _MAX_SIGNAL = 64
@@ -145,11 +144,9 @@ class _Control:
 class ExecService(exec_pb2_grpc.ExecServiceServicer):
     """Runs tool calls over bidirectional streams."""
 
-    def __init__(self, access: Access, policy: Policy, limiter: RateLimiter, slots: RunSlots,
-                 spawner: Spawner, approvals: Approvals, audit: Audit) -> None:
-        self._access = access
-        self._limiter = limiter
-        self._policy = policy
+    def __init__(self, current: Current, slots: RunSlots, spawner: Spawner,
+                 approvals: Approvals, audit: Audit) -> None:
+        self._current = current
         self._slots = slots
         self._spawner = spawner
         self._approvals = approvals
@@ -186,6 +183,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
     async def _execute(self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
                        context: grpc.aio.ServicerContext) -> None:
         principal = current_principal.get()
+        snapshot = self._current.get()  # this call's policy, from its first step to its end
         requests = _decoded(request_iterator)
         try:
             first = await anext(requests, None)
@@ -197,12 +195,12 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         call = _convert.tool_call(first.start)
         try:
             self._check_serving()
-            self._limiter.check(principal)
-            agent_name, agent = self._access.agent_for(principal, call.agent)
-            plan = self._policy.plan(agent_name, agent, call)
+            snapshot.limiter.check(principal)
+            agent_name, agent = snapshot.access.agent_for(principal, call.agent)
+            plan = snapshot.policy.plan(agent_name, agent, call)
             # Before asking a human: a call the sandbox would refuse is refused now.
             layers = self._spawner.layers(plan) if isinstance(plan, CommandPlan) else None
-            prompt = self._policy.approval_prompt(plan)
+            prompt = snapshot.policy.approval_prompt(plan)
         except Denial as denial:
             self._audit.denied(principal, call, denial)
             await abort(context, denial)
@@ -289,12 +287,17 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
     def _check_serving(self) -> None:
         if self._stopping:
             raise Denial(DenialKind.UNAVAILABLE,
-                         "the daemon is stopping; retry when it is back", "server")
+                         "the daemon is draining to stop: it takes no new calls; retry when "
+                         "it is back (or on another instance)", "server.drain_timeout")
 
     @property
     def active_runs(self) -> int:
         """Runs in progress."""
         return len(self._runs)
+
+    def refuse_new(self) -> None:
+        """Draining: refuse new calls (and approved ones not started yet); runs go on."""
+        self._stopping = True
 
     def stop_all(self) -> None:
         """Shutdown: refuse new calls and stop every run with DAEMON_STOPPING (SIGTERM, then

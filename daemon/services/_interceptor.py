@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 
 from execgate.daemon.audit import Audit
-from execgate.daemon.auth import Authenticator, current_principal
+from execgate.daemon.auth import current_principal
 from execgate.daemon.model import Denial, DenialKind
 from execgate.daemon.services._errors import abort
+from execgate.daemon.snapshot import Current
 from execgate.daemon.tls import certificate_identity
 
 
@@ -24,9 +25,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     task, where the principal it sets in a ContextVar is the one the handler reads.
     """
 
-    def __init__(self, authenticator: Authenticator, audit: Audit,
+    def __init__(self, current: Current, audit: Audit,
                  unix_peer: Callable[[str], int | None] | None = None) -> None:
-        self._auth = authenticator
+        self._current = current
+        """The policy in force: each call is authenticated by, and keeps, the one current
+        when it arrives."""
         self._audit = audit
         self._unix_peer = unix_peer
         """On the unix relay's internal server: the uid behind a peer, None if not relayed."""
@@ -48,7 +51,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if uid is None:
                     raise Denial(DenialKind.UNAUTHENTICATED,
                                  "this listener serves the unix socket relay only", "server")
-            principal = await self._auth.authenticate(
+            principal = await self._current.get().authenticator.authenticate(
                 method, context.invocation_metadata() or (),
                 certificate_identity(context.auth_context()), uid,
                 source=f"uid:{uid}" if uid is not None else peer_address(context.peer()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 
 from execgate.daemon.audit import Audit
 from execgate.daemon.services import ExecService
+from execgate.daemon.snapshot import Current
 from execgate.v1 import exec_pb2, exec_pb2_grpc
 from tests.conftest import API_KEY, Daemon, start_daemon
 
@@ -184,8 +186,9 @@ class _Failing:
 async def test_a_bug_in_a_step_is_unavailable_and_keeps_its_text_to_the_log() -> None:
     """The last-resort guard: an unexpected exception is neither UNKNOWN nor quoted."""
     failing: Any = _Failing()
-    service = ExecService(failing, cast(Any, None), failing, cast(Any, None),
-                          cast(Any, None), cast(Any, None), Audit())
+    steps: Any = SimpleNamespace(access=failing, limiter=failing, policy=None)
+    service = ExecService(Current(steps), cast(Any, None), cast(Any, None), cast(Any, None),
+                          Audit())
     server = grpc.aio.server()
     exec_pb2_grpc.add_ExecServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
