@@ -1,8 +1,10 @@
 """``execgated``: serve a policy, check one, or check this host's sandbox.
 
     execgated serve [--config FILE] [--listen ADDR ...]
-    execgated check-config FILE [--listen ADDR ...]
+    execgated check-config FILE [--listen ADDR ...] [--strict]
     execgated doctor [--config FILE]
+    execgated schema
+    execgated explain --config FILE [--agent A] [--tool T] [--as WHO | --token T] -- ARGV...
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import structlog
 
 from execgate.client._local import write_local_token
+from execgate.daemon import explain
 from execgate.daemon.auth import digest
 from execgate.daemon.config import (
     DEFAULT_POLICY,
@@ -33,10 +36,11 @@ from execgate.daemon.config import (
     expansion_env,
     load_policy,
     parse_policy,
+    policy_schema_text,
     unenforced,
 )
 from execgate.daemon.preflight import Preflight, make_policy, preflight
-from execgate.daemon.sandbox import Spawner
+from execgate.daemon.sandbox import HostSupport, Spawner
 from execgate.daemon.server import StartupError, sandbox_report, serve
 from execgate.daemon.systemd import ActivationError, listen_sockets
 
@@ -59,17 +63,21 @@ def configure_logging(config: LoggerConfig) -> None:
         cache_logger_on_first_use=True)
 
 
-def _check_config(path: Path, listen: list[str]) -> int:
-    """Exit 2 listing every problem serve would refuse (the same checks, from this directory)."""
+def _check_config(path: Path, listen: list[str], strict: bool = False) -> int:
+    """Exit 2 listing every problem serve would refuse (the same checks, from this directory),
+    each at its line; ``strict`` counts the warnings as problems too."""
     try:
         loaded, known = _load(path, token="")
-        preflight(loaded.config, loaded.source, Path.cwd(), listen, known=known)
+        if strict:
+            known = [*known, *loaded.warnings]
+        preflight(loaded.config, loaded.source, Path.cwd(), listen, known=known,
+                  marks=loaded.marks)
     except ConfigError as exc:
         print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in exc.report():
             print(f"  error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    for warning in loaded.warnings:
+    for warning in loaded.marks.report(loaded.source, loaded.warnings):
         print(f"  warning: {warning}")
     for item in unenforced(loaded.config):
         print(f"  not enforced: {item}")
@@ -88,20 +96,17 @@ def _load(config_path: Path | None, token: str) -> tuple[LoadedPolicy, list[str]
     except ConfigError as exc:
         if exc.config is None:
             raise
-        return LoadedPolicy(config=exc.config, source=exc.source), exc.problems
+        return LoadedPolicy(config=exc.config, source=exc.source, warnings=exc.warnings,
+                            marks=exc.marks), exc.problems
 
 
 def _doctor(config_path: Path | None) -> int:
     """Print the sandbox layers this host supports; exit 1 when the policy needs a missing one."""
     loaded, known = _load(config_path, token=secrets.token_urlsafe(8))  # doctor serves nothing
     if known:
-        raise ConfigError(loaded.source, known)
+        raise ConfigError(loaded.source, known, marks=loaded.marks)
     policy = make_policy(loaded.config, loaded.source, Path.cwd())
-    spawner = Spawner.start()
-    try:
-        host = spawner.host
-    finally:
-        spawner.close()
+    host = _probe_host()
     print(f"running as {'root' if host.root else 'an unprivileged user'}"
           + (f"; user namespace: {host.user_namespace}" if host.user_namespace else ""))
     for layer, missing in host.report():
@@ -114,6 +119,31 @@ def _doctor(config_path: Path | None) -> int:
                                          if not any(lv == "error" for lv, _ in report)
                                          else "some tools cannot run on this host"))
     return 1 if any(level == "error" for level, _ in report) else 0
+
+
+def _probe_host() -> HostSupport:
+    """What this host's sandbox supports, as the helper serve starts finds it."""
+    spawner = Spawner.start()
+    try:
+        return spawner.host
+    finally:
+        spawner.close()
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Print the verdict on one call; exit 0 allow, 1 deny, 3 ask, 2 a policy that fails."""
+    loaded, known = _load(Path(args.config), token="")
+    if known:
+        raise ConfigError(loaded.source, known, marks=loaded.marks)
+    policy = make_policy(loaded.config, loaded.source, Path.cwd())
+    try:
+        explanation = explain.explain_args(args, loaded.config, policy,
+                                           None if args.no_host else _probe_host())
+    except ValueError as exc:
+        print(f"execgated explain: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(explain.output(explanation, not args.no_host, args.json))
+    return explanation.exit_status
 
 
 def _auth_flags(args: argparse.Namespace) -> dict[str, object]:
@@ -209,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     check_cmd.add_argument("file", type=Path)
     check_cmd.add_argument("--listen", action="append", default=[], metavar="ADDR",
                            help="the addresses serve would be given, if the policy has none")
+    check_cmd.add_argument("--strict", action="store_true",
+                           help="count warnings as errors (for pipelines that lint policies)")
+    commands.add_parser("schema", help="print the policy's JSON Schema (for editors)")
+    explain.add_command(commands)
     for cmd in (serve_cmd,):
         auth = cmd.add_argument_group("authentication (the guide's flags; they override the "
                                       "policy's server.auth)")
@@ -230,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            return _check_config(args.file, args.listen)
+            return _check_config(args.file, args.listen, args.strict)
+        if args.command == "schema":
+            print(policy_schema_text(), end="")
+            return 0
+        if args.command == "explain":
+            return _explain(args)
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "hash-key":
@@ -243,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.config, args.listen, _auth_flags(args), _tls_flags(args))
     except ConfigError as exc:
         print(f"execgated: {exc.source}:", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in exc.report():
             print(f"  error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except StartupError as exc:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from execgate.daemon.auth import check_jwks_url
-from execgate.daemon.config import ConfigError, PolicyConfig, ToolConfig
+from execgate.daemon.config import ConfigError, KeyMarks, PolicyConfig, ToolConfig
 from execgate.daemon.policy import ConfinementError, Policy
 
 NR_OPEN = Path("/proc/sys/fs/nr_open")
@@ -152,12 +152,12 @@ def make_policy(config: PolicyConfig, source: str, base: Path) -> Policy:
 
 def preflight(config: PolicyConfig, source: str, base: Path, listen: Sequence[str] = (),
               create_jails: bool = False, known: Sequence[str] = (),
-              inherited: Sequence[str] = ()) -> Preflight:
+              marks: KeyMarks | None = None, inherited: Sequence[str] = ()) -> Preflight:
     """Check everything serve needs of ``config`` on this host; raises ConfigError listing
-    every problem, after the ``known`` ones the loader found. ``create_jails`` makes missing
-    working directories (the embedded default brings its own). ``inherited`` are the
-    addresses of the unix sockets the service manager passed: already bound, they count as
-    listeners."""
+    every problem, with the ``known`` ones the loader found, placed by ``marks`` (the
+    loaded file's). ``create_jails`` makes missing working directories (the embedded
+    default brings its own). ``inherited`` are the addresses of the unix sockets the service
+    manager passed: already bound, they count as listeners."""
     found, problems = listeners(config, listen, inherited)
     problems = [*known, *problems]
     problems += _auth_problems(config, [*found, *map(Listener, inherited)])
@@ -168,5 +168,5 @@ def preflight(config: PolicyConfig, source: str, base: Path, listen: Sequence[st
     problems += _confinement_problems(config, base, [n for n, p in jails.items() if p is None])
     problems += _open_files_problems(config)
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, problems, marks=marks)
     return Preflight(Policy(config, base), found)

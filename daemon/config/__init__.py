@@ -1,6 +1,7 @@
 """Policy files: schema, loading, environment expansion and the embedded default."""
 
 from execgate.daemon.config._default import DEFAULT_POLICY, DEFAULT_TARGET
+from execgate.daemon.config._jsonschema import SCHEMA_FILE, policy_schema, policy_schema_text
 from execgate.daemon.config._load import (
     ConfigError,
     LoadedPolicy,
@@ -9,6 +10,7 @@ from execgate.daemon.config._load import (
     parse_policy,
     unenforced,
 )
+from execgate.daemon.config._marks import KeyMarks, Mark
 from execgate.daemon.config._schema import (
     FUNCTION_HANDLERS,
     AccessRule,
@@ -29,14 +31,17 @@ __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_TARGET",
     "FUNCTION_HANDLERS",
+    "SCHEMA_FILE",
     "AccessRule",
     "AgentConfig",
     "ApprovalsConfig",
     "ApiKey",
     "AuthConfig",
     "ConfigError",
+    "KeyMarks",
     "LoadedPolicy",
     "LoggerConfig",
+    "Mark",
     "PolicyConfig",
     "RateLimitConfig",
     "ServerConfig",
@@ -47,5 +52,7 @@ __all__ = [
     "parse_duration",
     "parse_policy",
     "parse_size",
+    "policy_schema",
+    "policy_schema_text",
     "unenforced",
 ]

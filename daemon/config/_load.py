@@ -1,7 +1,8 @@
 """Loading a policy file: YAML, ``.env``, ``${VAR}`` expansion, validation, warnings.
 
 Every problem is reported with its key path, all at once, so that ``check-config`` can list
-them. What YAML itself must refuse is ``_yaml``'s concern.
+them; ``KeyMarks`` places each at its line and column, and an unknown key or an undefined tool
+comes with the closest known one. What YAML itself must refuse is ``_yaml``'s concern.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
+from execgate.daemon.config._marks import KeyMarks, Mark, dotted
 from execgate.daemon.config._schema import PolicyConfig, policy_version
+from execgate.daemon.config._suggest import closest, known_keys
+from execgate.daemon.config._warnings import PLATFORM_TOOLS, warnings
 from execgate.daemon.config._yaml import read_yaml
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -27,23 +31,27 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IGNORED = (("llms",), ("agents", "*", "llm"), ("agents", "*", "instruction"),
             ("agents", "*", "document_stores"), ("server", "cors"))
 
-PLATFORM_TOOLS = frozenset({"search", "web_request"})
-"""The guide's tools an LLM platform provides: an agent may name them without a definition."""
-
-
 class ConfigError(Exception):
-    """A policy that cannot be used; ``problems`` lists each with its key path.
+    """A policy that cannot be used; ``problems`` lists each with its key path, and
+    ``report()`` with its file, line and column too, sorted by line.
 
     ``config`` is the policy as validated when its problems leave it whole (an undefined
     tool, a version, a variable not set), so that the host's checks can still run and every
-    problem be listed at once; None when the file did not validate."""
+    problem be listed at once; None when the file did not validate. ``warnings`` are the
+    loader's warnings about that policy (``check-config --strict`` counts them as errors)."""
 
-    def __init__(self, source: str, problems: list[str],
-                 config: PolicyConfig | None = None) -> None:
+    def __init__(self, source: str, problems: list[str], config: PolicyConfig | None = None,
+                 marks: KeyMarks | None = None, warnings: list[str] | None = None) -> None:
         self.source = source
         self.problems = problems
         self.config = config
-        super().__init__(f"{source}: " + "; ".join(problems))
+        self.marks = marks or KeyMarks()
+        self.warnings = warnings or []
+        super().__init__("\n".join(self.report()))
+
+    def report(self) -> list[str]:
+        """Each problem as ``FILE:LINE:COLUMN: key.path: what is wrong``, sorted by line."""
+        return self.marks.report(self.source, self.problems)
 
 
 @dataclass(frozen=True)
@@ -53,18 +61,13 @@ class LoadedPolicy:
     config: PolicyConfig
     source: str
     warnings: list[str] = field(default_factory=list)
+    marks: KeyMarks = field(default_factory=KeyMarks)
+    """Where each key is written, to place problems the host's checks find."""
 
 
 def _ignored(path: tuple[str | int, ...]) -> bool:
     return any(len(path) >= len(p) and all(a in ("*", b) for a, b in zip(p, path, strict=False))
                for p in _IGNORED)
-
-
-def _dotted(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
 
 
 def _expand(node: Any, env: Mapping[str, str], path: tuple[str | int, ...],
@@ -87,7 +90,7 @@ def _expand(node: Any, env: Mapping[str, str], path: tuple[str | int, ...],
             return env[name]
         if default is not None:
             return default
-        problems.append(f"{_dotted(path)}: environment variable {name} is not set "
+        problems.append(f"{dotted(path)}: environment variable {name} is not set "
                         f"(set it, or write ${{{name}:-default}})")
         return ""
 
@@ -109,39 +112,46 @@ def expansion_env(config_path: Path | None, cwd: Path) -> dict[str, str]:
     return merged
 
 
-def _warnings(raw: dict[str, Any], config: PolicyConfig) -> list[str]:
+def _undefined_tools(policy: dict[str, Any]) -> list[str]:
+    """An agent's tool that no section defines is a typo until shown otherwise: the agent
+    would silently lack it. Read from the file's own data, so that it is found even when
+    another section does not validate."""
+    tools, agents = policy.get("tools"), policy.get("agents")
+    defined = [str(t) for t in tools] if isinstance(tools, dict) else []
     out = []
-    if raw.get("llms") is not None:
-        out.append("llms: LLM settings mean nothing to execgated and are ignored")
-    if config.server.cors is not None:
-        out.append("server.cors: execgated speaks gRPC, not HTTP; cors is ignored")
-    for name, agent in config.agents.items():
-        for key in ("llm", "instruction", "document_stores"):
-            if getattr(agent, key) is not None:
-                out.append(f"agents.{name}.{key}: meaningful only to an LLM platform; ignored")
-        for i, tool_name in enumerate(agent.tools):
-            if tool_name in PLATFORM_TOOLS and tool_name not in config.tools:
-                out.append(f"agents.{name}.tools[{i}]: tool {tool_name!r} is not provided by "
-                           f"this daemon (an LLM platform's); {name} will not have it here")
-    if config.server.allow_remote_plaintext:
-        out.append("server.allow_remote_plaintext: calls and credentials may cross the network "
-                   "unencrypted")
-    for name, tool in config.tools.items():
-        if tool.type == "command" and not tool.deny_by_default:
-            out.append(f"tools.{name}.deny_by_default: false runs every command not denied; "
-                       "a denylist is never complete, prefer allowed_commands")
+    for name, agent in agents.items() if isinstance(agents, dict) else ():
+        listed = agent.get("tools") if isinstance(agent, dict) else None
+        for i, tool in enumerate(listed if isinstance(listed, list) else ()):
+            if isinstance(tool, str) and tool not in defined and tool not in PLATFORM_TOOLS:
+                guess = closest(tool, defined)
+                out.append(f"agents.{name}.tools[{i}]: no tool named {tool!r} is defined under "
+                           "tools" + (f"; did you mean `{guess}`?" if guess else ""))
     return out
 
 
-def _undefined_tools(config: PolicyConfig) -> list[str]:
-    """An agent's tool that no section defines is a typo until shown otherwise: the agent
-    would silently lack it."""
-    return [f"agents.{name}.tools[{i}]: no tool named {tool!r} is defined under tools"
-            for name, agent in config.agents.items() for i, tool in enumerate(agent.tools)
-            if tool not in config.tools and tool not in PLATFORM_TOOLS]
-
-
 _BRANCH = re.compile(r"^(str|int|float|bool|list\[.*\]|dict\[.*\]|function-\w+\[.*\])$")
+
+
+def _unknown_key(path: tuple[str | int, ...]) -> str:
+    known = known_keys(path[:-1])
+    guess = closest(str(path[-1]), known)
+    if guess:
+        return f"{dotted(path)}: unknown key; did you mean `{guess}`?"
+    return f"{dotted(path)}: unknown key" + (f"; expected one of: {', '.join(known)}"
+                                            if known else "")
+
+
+def _message(error: Any) -> str:
+    """What was expected, in the author's terms."""
+    if error["type"] == "missing":
+        return "a required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if isinstance(error.get("input"), bool) and error["type"].startswith("string"):
+        message += " (YAML reads unquoted yes/no/true/false/on/off as booleans: quote it)"
+    elif isinstance(error.get("input"), dict) and error["type"].startswith("string"):
+        message += (" (YAML reads {name} as a mapping: quote the value, or write "
+                    "${NAME} to take it from the environment)")
+    return message
 
 
 def _validation_problems(err: ValidationError) -> list[str]:
@@ -149,34 +159,40 @@ def _validation_problems(err: ValidationError) -> list[str]:
     errors = err.errors()
     paths = [tuple(p for p in e["loc"] if not _BRANCH.match(str(p))) for e in errors]
     for e, path in zip(errors, paths, strict=True):
-        # A value that may be one of several types fails once per type; keep the telling one.
-        if paths.count(path) > 1 and e["type"] in ("string_type", "model_type", "dict_type"):
+        # A value that may be one of several types fails once per type; keep the telling one
+        # (a mapping given for `str | ApiKey` is told about its keys, not that it is no str).
+        if e["type"] in ("string_type", "model_type", "dict_type") and (
+                paths.count(path) > 1 or any(p[:len(path)] == path != p for p in paths)):
             continue
-        loc = _dotted(path)
         if e["type"] == "extra_forbidden":
-            problems.append(f"{loc}: unknown key")
-        else:
-            message = e["msg"].removeprefix("Value error, ")
-            if isinstance(e.get("input"), bool) and e["type"].startswith("string"):
-                message += (" (YAML reads unquoted yes/no/true/false/on/off as booleans: "
-                            "quote it)")
-            elif isinstance(e.get("input"), dict) and e["type"].startswith("string"):
-                message += (" (YAML reads {name} as a mapping: quote the value, or write "
-                            "${NAME} to take it from the environment)")
-            problems.append(message if loc == "(top level)" else f"{loc}: {message}")
+            problems.append(_unknown_key(path))
+        else:  # a section's checks give one line per problem, each naming its own key
+            loc = dotted(path)
+            problems.extend(line if not path or line.startswith((f"{loc}.", f"{loc}:"))
+                            else f"{loc}: {line}" for line in _message(e).split("\n"))
     return problems
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, KeyMarks]:
+    """A YAML error's own words, placed at its own position."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = Mark(exc.problem_mark.line + 1, exc.problem_mark.column + 1)
+        context = f" ({exc.context})" if exc.context else ""
+        return f"not valid YAML: {exc.problem}{context}", KeyMarks(default=mark)
+    return f"not valid YAML: {exc}", KeyMarks()
 
 
 def parse_policy(text: str, source: str, env: Mapping[str, str]) -> LoadedPolicy:
     """Validate a policy given as YAML text; raises ConfigError listing every problem."""
     try:
-        raw = read_yaml(text)
+        raw, marks = read_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+        problem, marks = _yaml_problem(exc)
+        raise ConfigError(source, [problem], marks=marks) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(source, ["the top level must be a mapping of keys"])
+        raise ConfigError(source, ["the top level must be a mapping of keys"], marks=marks)
     problems: list[str] = []
     expanded = _expand(raw, env, (), problems)
     # The version is the file's header, checked apart so that the rest is still validated.
@@ -184,15 +200,16 @@ def parse_policy(text: str, source: str, env: Mapping[str, str]) -> LoadedPolicy
         policy_version(expanded.pop("version", "2"))
     except ValueError as exc:
         problems.append(f"version: {exc}")
+    problems.extend(_undefined_tools(expanded))
     try:
         config = PolicyConfig.model_validate(expanded)
     except ValidationError as exc:
         problems.extend(_validation_problems(exc))
-        raise ConfigError(source, problems) from None
-    problems.extend(_undefined_tools(config))
+        raise ConfigError(source, problems, marks=marks) from None
+    found = warnings(raw, config)
     if problems:
-        raise ConfigError(source, problems, config)
-    return LoadedPolicy(config=config, source=source, warnings=_warnings(raw, config))
+        raise ConfigError(source, problems, config, marks, found)
+    return LoadedPolicy(config=config, source=source, warnings=found, marks=marks)
 
 
 def load_policy(path: Path, cwd: Path | None = None) -> LoadedPolicy:

@@ -11,7 +11,16 @@ import re
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from execgate.daemon.config._units import Count, Duration, OpenFiles, Processes, Size, Uid
 from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
@@ -26,7 +35,18 @@ PROMPT_ARGUMENTS = {h: t.prompt_fields for h, t in FUNCTION_TOOLS.items()}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Field docstrings are the JSON Schema's descriptions (``execgated schema``).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def _mark_ignored(schema: dict[str, Any]) -> None:
+    """Marks, in the JSON Schema, a key an LLM platform reads: accepted, warned about, unused."""
+    schema["x-execgate-ignored"] = True
+
+
+def _ignored(what: str) -> Any:
+    return Field(default=None, description=f"Ignored by execgated, accepted with a warning: "
+                 f"{what}", json_schema_extra=_mark_ignored)
 
 
 def _layer(value: object) -> object:
@@ -36,7 +56,9 @@ def _layer(value: object) -> object:
     return value
 
 
-Layer = Annotated[Literal["required", "optional", "off"], BeforeValidator(_layer)]
+Layer = Annotated[Literal["required", "optional", "off"], BeforeValidator(_layer),
+                  WithJsonSchema({"anyOf": [{"enum": ["required", "optional", "off"]},
+                                            {"type": "boolean"}]})]
 
 
 def _absolute(value: object) -> object:
@@ -67,12 +89,19 @@ class SandboxLimitsOverride(_Strict):
     """A tool's changes to the policy-wide limits: only the keys given change."""
 
     cpu_time: Duration | None = None
+    """RLIMIT_CPU for this tool (``null``: none)."""
     file_size: Size | None = None
+    """RLIMIT_FSIZE for this tool."""
     open_files: OpenFiles | None = None
+    """RLIMIT_NOFILE for this tool."""
     address_space: Size | None = None
+    """RLIMIT_AS for this tool."""
     processes: Processes | None = None
+    """Processes and threads of one job of this tool."""
     memory: Size | None = None
+    """Memory of one job of this tool."""
     tmp_size: Size | None = None
+    """Size of the private /tmp of this tool's jobs."""
 
 
 class SandboxConfig(_Strict):
@@ -105,22 +134,34 @@ class SandboxConfig(_Strict):
     write_paths: list[str] = Field(default_factory=list)
     """Writable paths besides the jail and the private /tmp."""
     limits: SandboxLimits = SandboxLimits()
+    """Resource bounds of every job (a tool may change some)."""
 
 
 class SandboxOverride(_Strict):
     """A tool's changes to the policy-wide ``sandbox``: only the keys given change."""
 
     filesystem: Layer | None = None
+    """This tool's change to sandbox.filesystem."""
     namespaces: Layer | None = None
+    """This tool's change to sandbox.namespaces."""
     cgroup: Layer | None = None
+    """This tool's change to sandbox.cgroup."""
     view: Layer | None = None
+    """This tool's change to sandbox.view."""
     unix_sockets: list[Annotated[str, BeforeValidator(_absolute)]] | None = None
+    """This tool's change to sandbox.unix_sockets (replaces the list)."""
     network: bool | None = None
+    """This tool's change to sandbox.network."""
     run_as: str | None = None
+    """This tool's change to sandbox.run_as."""
     read_paths: list[str] | None = None
+    """This tool's change to sandbox.read_paths (replaces the list)."""
     extra_read_paths: list[str] | None = None
+    """This tool's change to sandbox.extra_read_paths (replaces the list)."""
     write_paths: list[str] | None = None
+    """This tool's change to sandbox.write_paths (replaces the list)."""
     limits: SandboxLimitsOverride | None = None
+    """This tool's change to sandbox.limits: only the limits given change."""
 
     def apply(self, base: SandboxConfig) -> SandboxConfig:
         """``base`` with this override's keys replaced."""
@@ -136,14 +177,19 @@ class ToolConfig(_Strict):
     """One tool: a command tool (argv) or a built-in function tool (named arguments)."""
 
     type: Literal["command", "function"]
+    """``command`` (takes argv) or ``function`` (a built-in handler taking named arguments)."""
     handler: str | None = None
     """Function tools: the built-in handler; defaults to the tool's name."""
     description: str = ""
+    """What the tool is for, shown to callers by ListAgents."""
     working_directory: str = "./workspace"
     """The jail: cwd and every path the tool touches must resolve inside it."""
     max_execution_time: Duration = 60.0
+    """The longest a call may run (a request may ask for less), e.g. ``30s``."""
     allowed_commands: list[str] = Field(default_factory=list)
+    """Command tools: the bare names argv[0] may be (matched exactly)."""
     denied_commands: list[str] = Field(default_factory=list)
+    """Command tools: names refused even when allowed; checked first."""
     deny_by_default: bool = True
     """Fail closed: a command not in allowed_commands is refused unless this is false."""
     require_approval: bool = False
@@ -187,15 +233,19 @@ class AgentConfig(_Strict):
     """An agent: who sees it, and which tools it may call."""
 
     visibility: Literal["public", "internal", "private"] = "public"
+    """``public``: anyone past authentication; ``internal``: authenticated callers; ``private``:
+    unix socket callers only."""
     tools: list[str] = Field(default_factory=list)
+    """The tools (names under ``tools``) this agent may call."""
     allow: list[AccessRule] | None = None
     """Beyond the guide: only principals matching one of these rules may use the agent
     (PERMISSION_DENIED otherwise). Unset: anyone visibility admits."""
     description: str = ""
+    """What the agent is for, shown to callers by ListAgents."""
     # Meaningful only to an LLM platform: accepted, warned about, never used.
-    llm: Any = None
-    instruction: Any = None
-    document_stores: Any = None
+    llm: Any = _ignored("the model an LLM platform gives this agent.")
+    instruction: Any = _ignored("an LLM platform's system prompt for this agent.")
+    document_stores: Any = _ignored("an LLM platform's retrieval sources for this agent.")
 
 
 class ApiKey(_Strict):
@@ -205,8 +255,11 @@ class ApiKey(_Strict):
     ``execgated hash-key``), so that the key itself is nowhere on the host."""
 
     name: str
+    """The name the audit log records for calls with this key."""
     key: str | None = None
+    """The key itself; write ``${VAR}`` to take it from the environment."""
     sha256: str | None = None
+    """The key's SHA-256 digest in hex (``execgated hash-key``), instead of the key."""
 
     @model_validator(mode="after")
     def _one_of_key_or_digest(self) -> ApiKey:
@@ -248,10 +301,15 @@ class AuthConfig(_Strict):
     """Who may call (the guide's ``server.auth``)."""
 
     enabled: bool = False
+    """Whether calls are authenticated; follows from the block when not written."""
     jwks_url: str | None = None
+    """JWT: the identity provider's key set (https); needs issuer and audience."""
     issuer: str | None = None
+    """JWT: the exact ``iss`` tokens must carry."""
     audience: str | None = None
+    """JWT: the ``aud`` tokens must carry."""
     require_auth: bool = True
+    """Refuse calls without credentials (except excluded_paths)."""
     excluded_paths: list[str] = Field(default_factory=lambda: ["/health"])
     """gRPC paths served without a credential. Health is, by default: probes carry no token;
     a list without ``/health`` (``[]`` too) makes it need one."""
@@ -269,6 +327,8 @@ class AuthConfig(_Strict):
     failed_attempts_window: Duration = Field(default=60.0, gt=0)
     """The window ``max_failed_attempts`` refills over."""
     api_keys: list[str | ApiKey] = Field(default_factory=list)
+    """Accepted API keys: ``${VAR}`` (audited as ``api_key[N]``) or ``{name, key}`` / ``{name,
+    sha256}``."""
 
     @model_validator(mode="before")
     @classmethod
@@ -324,9 +384,13 @@ class RateLimitConfig(_Strict):
     """The guide's ``server.rate_limiting``: tool calls a minute, globally or per principal."""
 
     enabled: bool = False
+    """Whether tool calls are rate limited; follows from the block when not written."""
     requests_per_minute: Count = 60
+    """Tool calls a minute, refilled steadily."""
     burst: Count = 10
+    """Tool calls that may come at once."""
     per_user: bool = False
+    """One bucket per principal (else one for everyone)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -339,14 +403,18 @@ class RateLimitConfig(_Strict):
 
 class _Toggle(_Strict):
     enabled: bool = False
+    """Parsed; not provided yet (a warning when true)."""
     endpoint: str | None = None
+    """Where the data would be sent."""
 
 
 class ObservabilityConfig(_Strict):
     """The guide's ``server.observability`` (parsed; not provided yet)."""
 
     metrics: _Toggle = _Toggle()
+    """Metrics (not provided yet)."""
     tracing: _Toggle = _Toggle()
+    """Tracing (not provided yet)."""
 
 
 class TlsConfig(_Strict):
@@ -372,19 +440,24 @@ class ServerConfig(_Strict):
     path: str = "/usr/local/bin:/usr/bin:/bin"
     """The fixed PATH that resolves argv[0]; a request can never change it."""
     max_concurrent_runs: Count = 64
+    """Runs at once; past it calls get RESOURCE_EXHAUSTED."""
     drain_timeout: Duration = 10.0
     """On SIGTERM, how long running calls may go on finishing before they are stopped; keep
     it, plus the tools' kill_grace, below the unit's TimeoutStopSec (15s)."""
     tls: TlsConfig | None = None
+    """TLS (and mutual TLS) for every TCP listener."""
     allow_remote_plaintext: bool = False
     """Serve plaintext on non-loopback addresses (credentials then cross the network in the
     clear). Only for a network that is itself encrypted and trusted."""
     unix_uids: list[Uid] | None = None
     """Uids that may call over unix sockets (SO_PEERCRED); default: the daemon's own."""
     auth: AuthConfig = AuthConfig()
+    """Who may call: API keys, JWTs, client certificates."""
     rate_limiting: RateLimitConfig = RateLimitConfig()
+    """Tool calls a minute, globally or per principal."""
     observability: ObservabilityConfig = ObservabilityConfig()
-    cors: Any = None
+    """Metrics and tracing (parsed; not provided yet)."""
+    cors: Any = _ignored("execgated speaks gRPC, not HTTP.")
 
 
 class ApprovalsConfig(_Strict):
@@ -402,7 +475,9 @@ class LoggerConfig(_Strict):
     """Log level and format; audit events go through the same logger."""
 
     level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    """Least severe level logged (audit events are always logged)."""
     format: Literal["json", "text"] = "json"
+    """``json`` lines or human-readable ``text``."""
 
 
 def policy_version(value: object) -> str:
@@ -415,24 +490,35 @@ def policy_version(value: object) -> str:
 class PolicyConfig(_Strict):
     """A whole policy file."""
 
-    version: Annotated[Literal["2"], BeforeValidator(policy_version)] = "2"
+    version: Annotated[Literal["2"], BeforeValidator(policy_version),
+                       WithJsonSchema({"enum": ["2", 2]})] = "2"
+    """The policy format: ``"2"``."""
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
+    """The tools, by name: command tools (argv) and function tools (named arguments)."""
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    """The agents, by name: who sees each and which tools it may call."""
     server: ServerConfig = ServerConfig()
+    """Listeners, authentication, rate limiting and server-wide bounds."""
     logger: LoggerConfig = LoggerConfig()
+    """Log level and format."""
     sandbox: SandboxConfig = SandboxConfig()
+    """Kernel confinement of every command (a tool may change it)."""
     approvals: ApprovalsConfig = ApprovalsConfig()
-    llms: Any = None
+    """Human approval: how long a request waits and who may decide it."""
+    llms: Any = _ignored("an LLM platform's model settings.")
 
     def sandbox_for(self, tool: str) -> SandboxConfig:
         """The sandbox of ``tool``: the policy's, with the tool's override applied."""
         override = self.tools[tool].sandbox
         return override.apply(self.sandbox) if override else self.sandbox
 
-    @model_validator(mode="after")
-    def _tools_are_coherent(self) -> PolicyConfig:
+    @field_validator("tools")
+    @classmethod
+    def _tools_are_coherent(cls, tools: dict[str, ToolConfig]) -> dict[str, ToolConfig]:
+        # A field validator, not a model one: it runs even when another section fails, so
+        # that every problem is listed at once.
         problems = []
-        for name, tool in self.tools.items():
+        for name, tool in tools.items():
             if tool.type == "function":
                 handler = tool.handler or name
                 if handler not in FUNCTION_HANDLERS:
@@ -469,6 +555,6 @@ class PolicyConfig(_Strict):
                         f"tools.{name}.approval_prompt: unknown placeholder(s) "
                         f"{', '.join('{' + f + '}' for f in unknown)}; this tool offers "
                         f"{', '.join('{' + f + '}' for f in sorted(allowed))}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        if problems:  # one per line: the loader reports (and places) each on its own
+            raise ValueError("\n".join(problems))
+        return tools

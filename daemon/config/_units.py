@@ -12,7 +12,15 @@ import re
 from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, ByteSize, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ByteSize,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
 MAX_DURATION = 365 * 24 * 3600.0
 """A year: every timer, deadline and expiry time the daemon computes stays representable."""
@@ -82,9 +90,20 @@ def _at_most(limit: int, why: str) -> Callable[[int], int]:
     return check
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# The schema shows what users write ("30s", "64MiB"); a plain number is accepted too.
+_DURATION_SCHEMA = WithJsonSchema({"anyOf": [
+    {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h))+\s*$",
+     "examples": ["30s", "2m", "1m30s", "500ms", "1h"]},
+    {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION}]})
+_SIZE_SCHEMA = WithJsonSchema({"anyOf": [
+    {"type": "string",
+     "pattern": r"^\s*\d+(\.\d+)?\s*([kKmMgGtTpPeE][iI]?[bB]|[bB])?\s*$",
+     "examples": ["65536", "16MiB", "1GB", "1.5GiB"]},
+    {"type": "integer", "exclusiveMinimum": 0, "maximum": MAX_BYTES}]})
+
+Duration = Annotated[float, BeforeValidator(parse_duration), _DURATION_SCHEMA]
 """Seconds, from a duration such as ``30s``."""
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[int, BeforeValidator(parse_size), _SIZE_SCHEMA]
 """Bytes, from a size such as ``16MiB``."""
 Processes = Annotated[int, Field(gt=0),
                       AfterValidator(_at_most(MAX_PROCESSES, "pids.max takes no more"))]

@@ -16,6 +16,8 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from execgate.daemon.config._marks import KeyMarks
+
 MAX_DEPTH = 64
 """Deeper than any policy; keeps every later recursive step far from Python's limit."""
 MAX_VALUES = 100_000
@@ -80,8 +82,9 @@ def _measure(node: Node, open_nodes: set[int], sizes: dict[int, int], depth: int
     return size
 
 
-def read_yaml(text: str) -> Any:
-    """The single document in ``text``; raises yaml.YAMLError naming the line."""
+def read_yaml(text: str) -> tuple[Any, KeyMarks]:
+    """The single document in ``text`` and where each of its keys is written; raises
+    yaml.YAMLError naming the line."""
     loader = _PolicyLoader(text)
     try:
         try:
@@ -89,8 +92,8 @@ def read_yaml(text: str) -> Any:
         except RecursionError:
             raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep") from None
         if node is None:
-            return None
+            return None, KeyMarks()
         _measure(node, set(), {}, 0)
-        return loader.construct_document(node)
+        return loader.construct_document(node), KeyMarks.of(node)
     finally:
         loader.dispose()
