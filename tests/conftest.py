@@ -66,6 +66,7 @@ agents:
     visibility: private
     tools: [shell]
 server:
+  drain_timeout: ${DRAIN_TIMEOUT:-1s}
   auth:
     enabled: true
     require_auth: ${REQUIRE_AUTH:-true}

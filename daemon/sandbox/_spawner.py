@@ -199,7 +199,9 @@ def _launch() -> tuple[subprocess.Popen[bytes], socket.socket, HostSupport]:
         [sys.executable, "-I", "-m", "execgate.daemon.sandbox._helper",
          str(theirs.fileno()), str(os.getpid())],
         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
-        env={"PATH": "/usr/bin:/bin"})
+        # A group of its own: a signal to the daemon's group (Ctrl-C) would reach every
+        # job's init, which forwards it to the command, and so cut short the daemon's drain.
+        process_group=0, env={"PATH": "/usr/bin:/bin"})
     theirs.close()
     message, _ = _wire.receive(ours)
     if message is None or message.get("op") != "ready":

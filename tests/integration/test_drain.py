@@ -15,12 +15,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from execgate.client import Event, Exited, ExitReason, OutputChunk, Started, UnavailableError
-from tests.conftest import TEST_POLICY, Daemon, start_daemon
+from tests.conftest import Daemon, start_daemon
 
-DRAINING = TEST_POLICY.replace("server:\n", "server:\n  drain_timeout: 3s\n")
-SLOW_DRAIN = TEST_POLICY.replace("server:\n", "server:\n  drain_timeout: 10m\n")
+DRAINING = {"DRAIN_TIMEOUT": "3s"}  # server.drain_timeout of the test policy
+SLOW_DRAIN = {"DRAIN_TIMEOUT": "10m"}
 # A child in the background too: killing a job kills its whole tree.
-JOB = ["sh", "-c", "sleep 300 & echo up; cat; echo done"]
+JOB = ["sh", "-c", "sleep 300 >/dev/null & echo up; cat; echo done"]
 
 
 def _draining(d: Daemon) -> None:
@@ -54,7 +54,7 @@ def _health(target: str) -> int:
 
 @pytest.fixture
 def draining(tmp_path: Path) -> Iterator[Daemon]:
-    d = start_daemon(tmp_path, DRAINING)
+    d = start_daemon(tmp_path, env=DRAINING)
     yield d
     d.stop()
 
@@ -83,7 +83,7 @@ def test_sigterm_drains_running_jobs_then_kills_the_rest(draining: Daemon) -> No
 
 def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     """The drain would last ten minutes: the second signal does not wait for it."""
-    d = start_daemon(tmp_path, SLOW_DRAIN)
+    d = start_daemon(tmp_path, env=SLOW_DRAIN)
     try:
         streams: list[Iterator[Event]] = []
         _start_job(streams, d, queue.Queue())
@@ -98,7 +98,7 @@ def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
 
 
 def test_sigint_during_a_drain_stops_at_once(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path, SLOW_DRAIN)
+    d = start_daemon(tmp_path, env=SLOW_DRAIN)
     try:
         streams: list[Iterator[Event]] = []
         _start_job(streams, d, queue.Queue())
@@ -113,7 +113,7 @@ def test_sigint_during_a_drain_stops_at_once(tmp_path: Path) -> None:
 
 
 def test_a_drain_with_nothing_running_exits_at_once(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path, SLOW_DRAIN)
+    d = start_daemon(tmp_path, env=SLOW_DRAIN)
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(timeout=30) == 0
     d.stop()
