@@ -217,9 +217,10 @@ def pairs(items: list[str], what: str) -> dict[str, str]:
 
 def call_of(args: argparse.Namespace, config: PolicyConfig) -> ToolCall:
     """The ToolCall ``args`` describe: NAME=VALUE arguments when ``--tool`` names a function
-    tool, else argv."""
+    tool, else argv (which the policy refuses for a function tool, as the daemon does)."""
     tool = config.tools.get(args.tool)
-    function = tool is not None and tool.type == "function"
+    function = (tool is not None and tool.type == "function"
+                and all("=" in item for item in args.call))
     return ToolCall(agent=args.agent, tool=args.tool,
                     argv=() if function else tuple(args.call),
                     arguments=pairs(args.call, "a function tool's argument") if function else {},

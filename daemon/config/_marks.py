@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-_MERGE = "tag:yaml.org,2002:merge"
-
 
 def dotted(path: Iterable[str | int]) -> str:
     """A key path as problems write it: ``agents.dev.tools[1]``."""
@@ -77,14 +75,7 @@ def _walk(node: Node, path: tuple[str | int, ...], marks: dict[str, Mark]) -> No
             marks.setdefault(dotted((*path, i)), _mark(item))
             _walk(item, (*path, i), marks)
     elif isinstance(node, MappingNode):
-        # The mapping's own keys first: they win over those a `<<: *base` merges in.
-        pairs = sorted(node.value, key=lambda pair: pair[0].tag == _MERGE)
-        for key, value in pairs:
-            if not isinstance(key, ScalarNode):
-                continue  # refused by the reader before any mark is wanted
-            if key.tag == _MERGE:
-                for merged in (value.value if isinstance(value, SequenceNode) else [value]):
-                    _walk(merged, path, marks)
-                continue
-            marks.setdefault(dotted((*path, key.value)), _mark(key))
-            _walk(value, (*path, key.value), marks)
+        for key, value in node.value:
+            if isinstance(key, ScalarNode):  # other keys are refused by the reader
+                marks.setdefault(dotted((*path, key.value)), _mark(key))
+                _walk(value, (*path, key.value), marks)
