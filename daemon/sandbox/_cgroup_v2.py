@@ -71,7 +71,8 @@ def probe(mount: str, own: str, daemon: int, helper: int,
         return {"error": f"cgroup v2: {own} is not given the {' and '.join(missing)} "
                          "controller by its parent (on a systemd host, Delegate=yes gives a "
                          "service both; a cgroup v1 hierarchy may hold them instead)"}
-    refused = "it holds other processes than the daemon and its helper"
+    refused = ("it is the hierarchy's root" if own == mount else
+               "it holds other processes than the daemon and its helper")
     if own != mount and _holds_only(own, {daemon, helper}):
         try:
             return _vacate(mount, own, (daemon, helper), controllers)
@@ -94,8 +95,8 @@ def probe(mount: str, own: str, daemon: int, helper: int,
         return {"error": f"cgroup v2: cannot create job cgroups under {base}: "
                          f"{exc.strerror} (run as root, or delegate the subtree)"}
     return {"version": 2, "parent": parent, "mount": mount,
-            "why": f"the unified hierarchy gives {' and '.join(controllers)} to {base}, "
-                   f"where this process may create cgroups ({refused} under {own})"}
+            "why": f"{base} gives {' and '.join(controllers)} to the cgroups this "
+                   f"process makes in it (none moved: as for {own}, {refused})"}
 
 
 def _holds_only(cgroup: str, ours: set[int]) -> bool:
@@ -204,9 +205,10 @@ class V2:
     def empty(self, path: str) -> bool:
         """Whether ``cgroup.events`` says the cgroup is no longer populated."""
         with open(f"{path}/cgroup.events") as f:
-            if not any(line.startswith("populated ") for line in f):
-                raise OSError(f"{path}/cgroup.events has no populated line")
-        return field(f"{path}/cgroup.events", "populated") == 0
+            for line in f:
+                if line.startswith("populated "):
+                    return int(line.split()[1]) == 0
+        raise OSError(f"{path}/cgroup.events has no populated line")
 
     def kill(self, kind: str, path: str) -> None:
         """One write to ``cgroup.kill`` (Linux 5.14+) kills the whole tree, whatever forks
