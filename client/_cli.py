@@ -4,6 +4,7 @@
     execgate call TOOL [NAME=VALUE ...]
     execgate agents
     execgate approvals watch | approve ID | deny ID [--reason TEXT]
+    execgate mcp [--agent A] [--without-elicitation deny|wait]
 
 A call the policy wants a human to approve asks on the terminal ("Allow ...? [y/N]") when
 there is one, and is denied otherwise, unless --wait-for-approver leaves it to someone
@@ -19,6 +20,7 @@ pending (decided, expired or unknown); 126 when you may not decide it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import time
@@ -207,7 +209,22 @@ def _parser() -> argparse.ArgumentParser:
         decide = actions.add_parser(action, help=f"{action} a pending request")
         decide.add_argument("id")
         decide.add_argument("--reason", default="")
+    mcp = commands.add_parser("mcp", parents=[common],
+                              help="serve the agent's tools to an MCP host on stdio")
+    mcp.add_argument("--without-elicitation", choices=("deny", "wait"), default="deny",
+                     help="an approval the MCP host cannot ask its user about: deny it "
+                          "(default), or wait for an approver (execgate approvals)")
     return parser
+
+
+def _serve_mcp(args: argparse.Namespace, tls: TLSConfig | None) -> int:
+    try:  # the mcp extra is optional: imported for this command only
+        from execgate.client._mcp import serve
+    except ImportError as missing:
+        print(f"execgate: {missing}", file=sys.stderr)
+        return EXIT_EXECGATE
+    asyncio.run(serve(args.target, args.token, tls, args.agent, args.without_elicitation))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls = TLSConfig(ca=args.ca, cert=args.cert, key=args.key) if (
             args.ca or args.cert or args.key) else None
+        if args.command == "mcp":
+            return _serve_mcp(args, tls)
         with Client(args.target, token=args.token, tls=tls) as client:
             if args.command == "agents":
                 for agent in client.agents():
