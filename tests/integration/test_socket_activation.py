@@ -61,7 +61,7 @@ def test_an_inherited_unix_socket_is_served_and_knows_its_peer_by_uid(
 
 def test_listen_flags_add_to_the_inherited_sockets(
         tmp_path: Path, unix_socket: tuple[socket.socket, str]) -> None:
-    sock, _ = unix_socket
+    sock, target = unix_socket
     d = _activated(tmp_path, sock)
     try:
         def serving() -> list[str]:
@@ -69,7 +69,7 @@ def test_listen_flags_add_to_the_inherited_sockets(
 
         with d.said:
             d.said.wait_for(serving, timeout=30)
-        assert serving() and "127.0.0.1:" in serving()[0]
+        assert serving() and target in serving()[0] and "127.0.0.1:" in serving()[0]
     finally:
         d.stop()
 
