@@ -117,6 +117,7 @@ class Lifecycle:
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self._reloading = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
         self._current: snapshot.Current
         self._exec: ExecService
 
@@ -165,8 +166,12 @@ class Lifecycle:
         self._stop.set()
 
     def _on_reload_signal(self) -> None:
-        if not self._stop.is_set():
-            asyncio.get_running_loop().create_task(self.reload())
+        if self._stop.is_set():
+            log.info("policy.reload_ignored", detail="the daemon is stopping")
+            return
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def _listen(self, inherited: Sequence[InheritedSocket],
                       ) -> tuple[list[grpc.aio.Server], UnixRelay | None]:
