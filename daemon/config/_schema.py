@@ -443,7 +443,8 @@ class ServerConfig(_Strict):
     """Runs at once; past it calls get RESOURCE_EXHAUSTED."""
     drain_timeout: Duration = 10.0
     """On SIGTERM, how long running calls may go on finishing before they are stopped; keep
-    it, plus the tools' kill_grace, below the unit's TimeoutStopSec (15s)."""
+    it, plus the longest kill_grace, below the unit's TimeoutStopSec (then everything is
+    killed at once). A second SIGTERM or SIGINT skips the wait."""
     tls: TlsConfig | None = None
     """TLS (and mutual TLS) for every TCP listener."""
     allow_remote_plaintext: bool = False
