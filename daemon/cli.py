@@ -5,6 +5,7 @@
     execgated doctor [--config FILE]
     execgated schema
     execgated explain --config FILE [--agent A] [--tool T] [--as WHO | --token T] -- ARGV...
+    execgated install-systemd [--prefix DIR] [--execgated PATH] [--force]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from execgate.client._local import write_local_token
-from execgate.daemon import explain
+from execgate.daemon import explain, install
 from execgate.daemon.auth import digest
 from execgate.daemon.config import (
     DEFAULT_POLICY,
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                            help="count warnings as errors (for pipelines that lint policies)")
     commands.add_parser("schema", help="print the policy's JSON Schema (for editors)")
     explain.add_command(commands)
+    install.add_command(commands)
     for cmd in (serve_cmd,):
         auth = cmd.add_argument_group("authentication (the guide's flags; they override the "
                                       "policy's server.auth)")
@@ -270,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "explain":
             return _explain(args)
+        if args.command == "install-systemd":
+            return install.run_command(args)
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "hash-key":

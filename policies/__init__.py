@@ -1,0 +1,2 @@
+"""Example policies, shipped as package data (``execgated install-systemd`` copies them
+to /usr/share/execgate/policies)."""
