@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import json
 import os
 import selectors
@@ -29,7 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from execgate.daemon.sandbox import _cgroups, _landlock, _linux, _wire
@@ -78,6 +79,8 @@ class Init:
     pid: int
     sock: socket.socket
     flags: int
+    cgroups: int = 0
+    """The id of its job cgroups (with ``JobCgroups``); 0: none."""
 
 
 PoolKey = tuple[int, str]
@@ -95,16 +98,16 @@ class Job:
 
     id: int
     init: Init
-    cgroups: list[str] = field(default_factory=list)
 
 
 def start_init(flags: int, view_root: str, kind: dict[str, Any] | None = None,
-               netns: int | None = None) -> Init:
+               netns: int | None = None, cgroups: list[str] | None = None) -> Init:
     """Clone a new init with ``flags``; it prepares ``kind`` of job, then waits for its spec.
 
     With CLONE_NEWNET in ``flags`` and a shared empty network namespace ``netns``, the init
     joins that one instead of paying for a new one per job. A view is built on
-    ``view_root``, an empty directory each init's mount namespace covers.
+    ``view_root``, an empty directory each init's mount namespace covers. The init joins
+    the job cgroups whose ``cgroup.procs`` files ``cgroups`` names while it waits.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     clone_flags = flags & ~_linux.CLONE_NEWNET if netns is not None else flags
@@ -118,7 +121,7 @@ def start_init(flags: int, view_root: str, kind: dict[str, Any] | None = None,
         null = os.open("/dev/null", os.O_RDWR)  # takes 0: received fds never land on 0-2
         os.dup2(null, 1)
         os.dup2(null, 2)
-        init_main(theirs, flags, view_root, kind)
+        init_main(theirs, flags, view_root, kind, cgroups or [])
     theirs.close()
     return Init(pid=pid, sock=ours, flags=flags)
 
@@ -210,6 +213,7 @@ class Helper:
         self._jobs: dict[int, Job] = {}
         self._pool: dict[PoolKey, list[Init]] = {}
         self._cgroups = _cgroups.JobCgroups(host["cgroup"])
+        self._cgroup_ids = itertools.count(1)
         self._exiting: list[int] = []
         """Inits that reported and are exiting; reaped when idle, their pids held till then."""
         self._netns = empty_network_namespace() if host["namespaces"] is None else None
@@ -249,8 +253,19 @@ class Helper:
         return None
 
     def _start(self, key: PoolKey) -> Init:
+        """A new init for ``key``, in job cgroups with the kind's limits already set: a job
+        neither waits for cgroup writes nor moves between cgroups."""
         flags, kind = key
-        return start_init(flags, self._mountpoint, json.loads(kind), self._netns)
+        prepared = json.loads(kind)
+        cgroups = next(self._cgroup_ids)
+        procs = self._cgroups.create(cgroups, prepared["cgroup"])
+        try:
+            init = start_init(flags, self._mountpoint, prepared, self._netns, procs)
+        except OSError:
+            self._cgroups.remove(cgroups)
+            raise
+        init.cgroups = cgroups
+        return init
 
     def _use(self, key: PoolKey) -> list[Init]:
         """The pool of ``key``, now the most recently used; beyond MAX_KINDS the least
@@ -262,6 +277,7 @@ class Helper:
             for init in self._pool.pop(next(iter(self._pool))):
                 init.sock.close()  # end of stream: a waiting init exits by itself
                 self._exiting.append(init.pid)
+                self._cgroups.remove(init.cgroups)
         return pool
 
     def _refill(self, key: PoolKey) -> None:
@@ -279,8 +295,8 @@ class Helper:
         for pid in [init.pid for init in inits] + self._exiting:
             with contextlib.suppress(OSError):
                 os.waitpid(pid, 0)
-        for job_id in list(self._jobs):
-            self._cgroups.remove(job_id)
+        for init in inits:
+            self._cgroups.remove(init.cgroups)
         self._cgroups.close()
         with contextlib.suppress(OSError):
             os.rmdir(self._mountpoint)
@@ -324,21 +340,24 @@ class Helper:
     def _spawn(self, spec: dict[str, Any], fds: list[int]) -> None:
         job_id = spec["job"]
         self._private_tmp(spec)
+        init = None
         try:
-            spec["cgroups"] = self._cgroups.create(job_id, spec["cgroup"])
             key = self._pool_key(spec)
             pool = self._use(key)
             init = pool.pop() if pool else self._start(key)
             _wire.send(init.sock, spec, fds)
         except OSError as exc:
-            self._cgroups.remove(job_id)
+            if init is not None:  # it cannot take the job: end it, with its cgroups
+                init.sock.close()
+                self._exiting.append(init.pid)
+                self._cgroups.remove(init.cgroups)
             _wire.send(self._daemon, {"op": "exited", "job": job_id,
                                       "error": f"could not start the job: {exc}"})
             return
         finally:
             for fd in fds:
                 os.close(fd)
-        self._jobs[job_id] = Job(job_id, init, spec["cgroups"])
+        self._jobs[job_id] = Job(job_id, init)
         self._selector.register(init.sock, selectors.EVENT_READ, job_id)
 
     def _from_init(self, job_id: int) -> None:
@@ -350,7 +369,7 @@ class Helper:
         self._selector.unregister(job.init.sock)
         job.init.sock.close()
         message: dict[str, Any] = {"op": "exited", "job": job_id,
-                                   **self._cgroups.events(job_id)}
+                                   **self._cgroups.events(job.init.cgroups)}
         if report is None:  # the init was killed (SIGKILL ends the whole job)
             _, init_status = os.waitpid(job.init.pid, 0)
             message.update(status=init_status, rusage=[0, 0, 0])
@@ -358,7 +377,7 @@ class Helper:
             message.update(report)
             self._exiting.append(job.init.pid)  # reaped when idle: teardown takes ~0.5 ms
         _wire.send(self._daemon, message)
-        self._cgroups.remove(job_id)  # after the report: the caller need not wait for it
+        self._cgroups.remove(job.init.cgroups)  # after the report: the caller need not wait
 
     def _reap(self) -> None:
         still = []

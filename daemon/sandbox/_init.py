@@ -48,11 +48,12 @@ class JobRefused(Exception):
 
 
 def init_main(sock: socket.socket, flags: int, view_root: str,
-              kind: dict[str, Any] | None) -> NoReturn:
+              kind: dict[str, Any] | None, cgroups: list[str]) -> NoReturn:
     """Run as a freshly cloned job init; never returns.
 
     ``kind`` is what every job this init may run shares (``job_kind``): it is prepared now,
-    a view built on ``view_root`` (an empty directory) when it has one. An init that cannot
+    a view built on ``view_root`` (an empty directory) when it has one, and the job cgroups
+    whose ``cgroup.procs`` files ``cgroups`` names are joined. An init that cannot
     warm up says why and exits 1, which is how the helper's probe learns what this host
     lacks.
     """
@@ -64,7 +65,7 @@ def init_main(sock: socket.socket, flags: int, view_root: str,
             _linux.mount("none", "/", None, _linux.MS_REC | _linux.MS_PRIVATE, None)
             _linux.mount("proc", "/proc", "proc",
                          _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC, None)
-        ready = _prepare(flags, view_root, kind)
+        ready = _prepare(flags, view_root, kind, cgroups)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             _wire.send(sock, {"error": f"{type(exc).__name__}: {exc}"})
@@ -85,7 +86,7 @@ def init_main(sock: socket.socket, flags: int, view_root: str,
 
 def job_kind(spec: dict[str, Any]) -> dict[str, Any]:
     """What of a job spec an init can prepare before the job: it depends on the tool only."""
-    return {key: spec[key] for key in ("tmp_dir", "tmp_size", "view", "landlock")}
+    return {key: spec[key] for key in ("tmp_dir", "tmp_size", "view", "landlock", "cgroup")}
 
 
 @dataclass(frozen=True)
@@ -94,27 +95,25 @@ class _Ready:
 
     ruleset: int | None
     """The job's whole Landlock ruleset, or None when the layer is off."""
-    host: str
-    """Where the host's root is still reachable ("/" without a view): the job's cgroups
-    are joined through it, then a view detaches it."""
 
 
-def _prepare(flags: int, view_root: str, kind: dict[str, Any] | None) -> _Ready:
+def _prepare(flags: int, view_root: str, kind: dict[str, Any] | None,
+             cgroups: list[str]) -> _Ready:
     """Do, while waiting, what every job of this kind needs: take this copy of the helper's
-    copy-on-write page faults, mount the private /tmp or build and enter the view, and open
-    the Landlock ruleset's paths (after this init's own /proc and view exist)."""
+    copy-on-write page faults, mount the private /tmp or build and enter the view, open the
+    Landlock ruleset's paths (after this init's own /proc and view exist), and join the job
+    cgroups (last, so that none of this is charged to the job)."""
     json.loads(json.dumps({"warm": [1, 2.0, "x", None, True], "up": {}}))
     for sig in FORWARDED:
         signal.getsignal(sig)
     resource.getrlimit(resource.RLIMIT_CORE)
     if kind is None:  # a probe of namespaces alone
-        return _Ready(None, "/")
-    host = "/"
+        return _Ready(None)
+    procs = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroups]  # host paths
     if kind["view"] is not None:
         view = kind["view"]
         _view.build(view_root, view["read"], view["write"], view["unix_sockets"],
                     kind["tmp_size"])
-        host = _view.HOST + "/"
     elif flags & _linux.CLONE_NEWNS and kind["tmp_dir"]:
         _linux.mount("tmpfs", kind["tmp_dir"], "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
                      f"size={kind['tmp_size']},mode=1777")
@@ -122,15 +121,15 @@ def _prepare(flags: int, view_root: str, kind: dict[str, Any] | None) -> _Ready:
     ruleset = _landlock.prepare(_landlock.Ruleset(
         read=tuple(rules["read"]), write=tuple(rules["write"]), deny_tcp=rules["deny_tcp"]),
         rules["abi"]) if rules else None
-    return _Ready(ruleset, host)
+    if kind["view"] is not None:
+        _view.leave_host()  # from now on only the view exists for this init and its job
+    for fd in procs:
+        os.write(fd, b"0")  # this process; the command and its children follow
+        os.close(fd)
+    return _Ready(ruleset)
 
 
 def _confine(spec: dict[str, Any], ready: _Ready, helper: socket.socket) -> None:
-    for procs in spec["cgroups"]:
-        with open(ready.host + procs.lstrip("/"), "w") as f:
-            f.write("0")  # this process; the command and its children follow
-    if ready.host != "/":
-        _view.leave_host()
     # Opened now, as the init's own user: the jail may sit below a directory the job's user
     # cannot traverse. Entered only after the user changes, so that the kernel checks the
     # job's right to enter it.

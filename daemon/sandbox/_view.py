@@ -10,8 +10,8 @@ host /tmp, no daemon socket, no D-Bus or container runtime socket.
 
 A view depends only on the tool (its paths, sockets and /tmp size), so a pooled init builds
 it whole while it waits, for the kind of job it will run, and pivots into it (``build``). The
-host's root stays reachable at ``HOST`` until the job has joined its cgroups; then it is
-detached (``leave_host``) and the command starts. Plain module: the helper and the inits
+host's root stays reachable at ``HOST`` until the init has done what needs it; then it is
+detached (``leave_host``), still before any job arrives. Plain module: the helper and the inits
 import it, with no asyncio or structlog.
 """
 
