@@ -95,10 +95,11 @@ def test_force_replaces_a_changed_file(tmp_path: Path) -> None:
 def test_example_policies_are_installed_and_load(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     assert install(tmp_path).returncode == 0
-    examples = sorted((tmp_path / "usr/share/execgate/policies").iterdir())
-    assert [p.name for p in examples] == ["host.yaml", "production.yaml"]
+    examples = tmp_path / "usr/share/execgate/policies"
+    assert sorted(p.name for p in examples.iterdir()) == [
+        "container.yaml", "host.yaml", "production.yaml"]
     monkeypatch.setenv("EXECGATE_CI_KEY", "a-key-for-the-example-0123456789")
-    assert load_policy(examples[0]).config.server.listen == ["0.0.0.0:7443"]
+    assert load_policy(examples / "host.yaml").config.server.listen == ["0.0.0.0:7443"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="creating users and chowning needs root")
