@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from execgate.daemon.config._schema import ServerConfig, ToolConfig
 from tests import conftest
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
@@ -81,6 +82,12 @@ def test_service_speaks_notify_and_reloads_with_sighup() -> None:
     assert setting(SERVICE, "NotifyAccess") == "main"
     assert setting(SERVICE, "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert setting(SERVICE, "WatchdogSec") == "30s"
+
+
+def test_stop_timeout_outlasts_the_drain() -> None:
+    """systemd's SIGKILL must not cut short server.drain_timeout plus a tool's kill_grace."""
+    drain = ServerConfig().drain_timeout + ToolConfig.model_fields["kill_grace"].default
+    assert float(setting(SERVICE, "TimeoutStopSec").removesuffix("s")) > drain
 
 
 def test_service_is_given_a_delegated_cgroup_and_no_capabilities() -> None:
