@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import shlex
 import string
+import unicodedata
 
 from execgate.daemon.config import ToolConfig
 from execgate.daemon.model import CommandPlan, Plan
 
-_INVISIBLE = {0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064,
-              0xFEFF, *range(0x200B, 0x200E), *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+_DECEIVING = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+"""Unicode categories shown escaped: controls; format characters (every bidi control and
+zero-width character, soft hyphens, the invisible tag characters that smuggle text past a
+reader); surrogates; private-use and unassigned code points, which a terminal draws as
+nothing or as it likes; line, paragraph and space separators other than the plain space."""
 
 
 def escape(text: str) -> str:
@@ -22,12 +26,14 @@ def escape(text: str) -> str:
     out = []
     for ch in text:
         code = ord(ch)
-        if code < 0x20 or 0x7F <= code < 0xA0:
+        if ch == " " or unicodedata.category(ch) not in _DECEIVING:
+            out.append(ch)
+        elif code < 0x100:
             out.append(f"\\x{code:02x}")
-        elif code in _INVISIBLE:
+        elif code < 0x10000:
             out.append(f"\\u{code:04x}")
         else:
-            out.append(ch)
+            out.append(f"\\U{code:08x}")
     return "".join(out)
 
 
