@@ -6,6 +6,7 @@
     execgated schema
     execgated explain --config FILE [--agent A] [--tool T] [--as WHO | --token T] -- ARGV...
     execgated install-systemd [--prefix DIR] [--execgated PATH] [--force]
+    execgated verify-audit [--hmac-key-env VAR] FILE...
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import structlog
 
 from execgate.client._local import write_local_token
-from execgate.daemon import explain, install
+from execgate.daemon import audit_cli, explain, install
 from execgate.daemon.auth import digest
 from execgate.daemon.config import (
     DEFAULT_POLICY,
@@ -222,7 +223,8 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
     # The embedded default is made at start (its token, its jails): a reload has nothing
     # to read again.
     asyncio.run(serve(loaded.config, checked, ready,
-                      reload if config_path is not None else None, inherited))
+                      reload if config_path is not None else None, inherited,
+                      source=loaded.source))
     return 0
 
 
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("schema", help="print the policy's JSON Schema (for editors)")
     explain.add_command(commands)
     install.add_command(commands)
+    audit_cli.add_command(commands)
     for cmd in (serve_cmd,):
         auth = cmd.add_argument_group("authentication (the guide's flags; they override the "
                                       "policy's server.auth)")
@@ -274,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             return _explain(args)
         if args.command == "install-systemd":
             return install.run_command(args)
+        if args.command == "verify-audit":
+            return audit_cli.run_command(args)
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "hash-key":

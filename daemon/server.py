@@ -22,10 +22,10 @@ from grpc_reflection.v1alpha import reflection
 
 from execgate.daemon import snapshot
 from execgate.daemon.approvals import Approvals
-from execgate.daemon.audit import Audit
 from execgate.daemon.config import ConfigError, PolicyConfig
 from execgate.daemon.limits import RunSlots
 from execgate.daemon.model import Denial
+from execgate.daemon.observe import ObserverError, Observing
 from execgate.daemon.policy import Policy
 from execgate.daemon.preflight import Listener, Preflight
 from execgate.daemon.sandbox import HostSupport, Spawner, _linux, layers_for
@@ -83,7 +83,7 @@ def sandbox_report(policy: Policy, host: HostSupport) -> list[tuple[str, str]]:
 
 async def serve(config: PolicyConfig, checked: Preflight,
                 on_ready: Callable[[list[str]], None], reload: Reload | None = None,
-                inherited: Sequence[InheritedSocket] = ()) -> None:
+                inherited: Sequence[InheritedSocket] = (), source: str = EMBEDDED) -> None:
     """Serve ``checked`` (see ``preflight``) on its listeners and the ``inherited`` sockets
     until SIGTERM or SIGINT, reloading on SIGHUP (``reload``: None for the embedded default,
     which has nothing to read again); then drain and stop."""
@@ -91,26 +91,33 @@ async def serve(config: PolicyConfig, checked: Preflight,
     # No command may read this process's memory or environment through /proc or ptrace.
     _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
     # The helper starts before the gRPC server, as a fresh exec: nothing forks this process.
+    try:
+        observing = Observing(config.logger, config.server.observability, os.environ)
+    except ObserverError as exc:
+        raise StartupError(str(exc)) from None
+    observing.audit.policy_loaded(source)
     spawner = Spawner.start()
-    lifecycle = Lifecycle(config, checked, spawner, notifier, reload)
+    lifecycle = Lifecycle(config, checked, spawner, notifier, reload, observing)
     try:
         await lifecycle.run(inherited, on_ready)
     finally:
         spawner.close()
         notifier.close()
+        observing.close()  # last: the helper's reports of lost runs are recorded
 
 
 class Lifecycle:
     """One daemon's collaborators, and what each signal does to them."""
 
     def __init__(self, config: PolicyConfig, checked: Preflight, spawner: Spawner,
-                 notifier: Notifier, reload: Reload | None) -> None:
+                 notifier: Notifier, reload: Reload | None, observing: Observing) -> None:
         self._config = config  # the start's: listeners and the rest of RESTART_ONLY
         self._checked = checked
         self._spawner = spawner
         self._notifier = notifier
         self._read_again = reload
-        self._audit = Audit()
+        self._observing = observing
+        self._audit = observing.audit
         self._approvals = Approvals(config.approvals, self._audit)
         self._health = health_aio.HealthServicer()
         self._bound: list[str] = []
@@ -222,7 +229,8 @@ class Lifecycle:
                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         exec_pb2_grpc.add_ExecServiceServicer_to_server(self._exec, server)
-        agents_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self._current), server)
+        agents_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(self._current, self._audit), server)
         approvals_pb2_grpc.add_ApprovalServiceServicer_to_server(
             ApprovalService(self._approvals, self._spawner), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -273,6 +281,7 @@ class Lifecycle:
             old.jwks.stop()
         for level, message in sandbox_report(checked.policy, self._spawner.host):
             getattr(log, level)("sandbox", detail=message)
+        self._observing.reopen()  # a rotated audit file is continued by a new one
         self._audit.policy_reloaded(source, needs_restart)
 
     async def _drain(self) -> None:

@@ -38,8 +38,29 @@ current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
 Metadata = Sequence[tuple[str, str | bytes]]
 
 
-def _unauthenticated(reason: str) -> Denial:
-    return Denial(DenialKind.UNAUTHENTICATED, reason, "server.auth")
+class AuthenticationFailed(Denial):
+    """A credential refused; ``reason`` is a code for the audit and metrics, in the shape of
+    PyJWT's error classes: ``no_credentials``, ``malformed``, ``bad_scheme``,
+    ``invalid_credentials`` (no such key), ``expired``, ``immature``, ``bad_audience``,
+    ``bad_issuer``, ``missing_claim``, ``bad_signature``, ``bad_algorithm``, ``no_kid``,
+    ``unknown_key``, ``relay_only``. The caller sees only the denial's message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(DenialKind.UNAUTHENTICATED, message, "server.auth")
+        self.reason = reason
+
+
+def failure_reason(denial: Denial) -> str:
+    """The audit's reason code for any refusal of the identity step."""
+    if isinstance(denial, AuthenticationFailed):
+        return denial.reason
+    if denial.rule == "server.auth.max_failed_attempts":
+        return "too_many_failures"
+    return denial.kind.value
+
+
+def _unauthenticated(reason: str, message: str) -> Denial:
+    return AuthenticationFailed(reason, message)
 
 
 class Authenticator:
@@ -82,7 +103,8 @@ class Authenticator:
                 return verified
             if self._is_excluded(method) or not self._require:
                 return ANONYMOUS
-            raise _unauthenticated("no credentials: send 'authorization: Bearer <token>'")
+            raise _unauthenticated("no_credentials",
+                                   "no credentials: send 'authorization: Bearer <token>'")
         self._failed.check(source)
         try:
             return await self._bearer(values, local=uid is not None)
@@ -94,15 +116,15 @@ class Authenticator:
         """The Principal of the one bearer credential in ``values``; ``local`` (it came over
         the unix socket) keeps the local reach."""
         if len(values) > 1:
-            raise _unauthenticated("more than one authorization header")
+            raise _unauthenticated("malformed", "more than one authorization header")
         value = values[0]
         if isinstance(value, bytes) or len(value) > MAX_CREDENTIAL_BYTES:
-            raise _unauthenticated("malformed authorization header")
+            raise _unauthenticated("malformed", "malformed authorization header")
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise _unauthenticated("authorization must be 'Bearer <token>'")
+            raise _unauthenticated("bad_scheme", "authorization must be 'Bearer <token>'")
         if not token.isascii() or not token.isprintable():
-            raise _unauthenticated("invalid credentials")
+            raise _unauthenticated("invalid_credentials", "invalid credentials")
         name = self._keys.match(token)
         if name is not None:
             return Principal(subject=name, method="api_key", local=local)
@@ -110,9 +132,9 @@ class Authenticator:
             try:
                 claims = await self._jwt.verify(token)
             except TokenError as exc:
-                raise _unauthenticated(f"invalid token: {exc}") from None
+                raise _unauthenticated(exc.reason, f"invalid token: {exc}") from None
             subject = claims.get("sub")
             if not isinstance(subject, str) or not subject:
-                raise _unauthenticated("invalid token: no sub claim")
+                raise _unauthenticated("missing_claim", "invalid token: no sub claim")
             return Principal(subject=subject, method="jwt", claims=claims, local=local)
-        raise _unauthenticated("invalid credentials")
+        raise _unauthenticated("invalid_credentials", "invalid credentials")

@@ -33,7 +33,13 @@ Fetch = Callable[[str], dict[str, Any]]
 
 
 class TokenError(Exception):
-    """A token that does not authenticate; the message is safe to return and audit."""
+    """A token that does not authenticate; the message is safe to return and audit, and
+    ``reason`` a code in the shape of PyJWT's error classes (``expired``, ``bad_audience``,
+    ``bad_issuer``, ``missing_claim``, ``unknown_key`` ...) for the audit and metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def fetch_jwks(url: str) -> dict[str, Any]:
@@ -141,32 +147,33 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
-            raise TokenError("malformed token") from None
+            raise TokenError("malformed", "malformed token") from None
         algorithm, kid = header.get("alg"), header.get("kid")
         if algorithm not in self._algorithms:
-            raise TokenError(f"token algorithm {str(algorithm)[:32]!r} is not accepted")
+            raise TokenError("bad_algorithm",
+                             f"token algorithm {str(algorithm)[:32]!r} is not accepted")
         if not isinstance(kid, str) or not kid or len(kid) > MAX_KID or not kid.isprintable():
-            raise TokenError("token has no usable kid")
+            raise TokenError("no_kid", "token has no usable kid")
         key = await self._keys.key(kid)
         if key is None:
-            raise TokenError("token signed by an unknown key")
+            raise TokenError("unknown_key", "token signed by an unknown key")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, key, algorithms=self._algorithms, audience=self._audience,
                 issuer=self._issuer, leeway=self._leeway,
                 options={"require": ["exp", "iss", "aud"]})
         except jwt.ExpiredSignatureError:
-            raise TokenError("token expired") from None
+            raise TokenError("expired", "token expired") from None
         except jwt.ImmatureSignatureError:
-            raise TokenError("token not valid yet (nbf)") from None
+            raise TokenError("immature", "token not valid yet (nbf)") from None
         except jwt.InvalidAudienceError:
-            raise TokenError("token audience is not this daemon") from None
+            raise TokenError("bad_audience", "token audience is not this daemon") from None
         except jwt.InvalidIssuerError:
-            raise TokenError("token issuer is not trusted") from None
+            raise TokenError("bad_issuer", "token issuer is not trusted") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise TokenError(f"token has no {exc.claim} claim") from None
+            raise TokenError("missing_claim", f"token has no {exc.claim} claim") from None
         except jwt.InvalidTokenError:
-            raise TokenError("token signature or claims are invalid") from None
+            raise TokenError("bad_signature", "token signature or claims are invalid") from None
         if claims.get("iss") != self._issuer:  # exact, whatever PyJWT accepts as a container
-            raise TokenError("token issuer is not trusted")
+            raise TokenError("bad_issuer", "token issuer is not trusted")
         return claims

@@ -7,6 +7,7 @@ comes with the closest known one. What YAML itself must refuse is ``_yaml``'s co
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -229,10 +230,18 @@ def unenforced(config: PolicyConfig) -> list[str]:
     auth = config.server.auth
     if auth.enabled and auth.excluded_paths and not auth.require_auth:
         out.append("server.auth.excluded_paths: has no effect when require_auth is false")
-    if config.server.observability.metrics.enabled:
-        out.append("server.observability.metrics: metrics are not provided yet")
-    if config.server.observability.tracing.enabled:
-        out.append("server.observability.tracing: tracing is not provided yet")
+    if config.server.observability.tracing.enabled and not tracing_installed():
+        out.append("server.observability.tracing: the otel extra is not installed "
+                   "(pip install 'execgate[otel]'); no spans are exported")
     return out
+
+
+def tracing_installed() -> bool:
+    """Whether the ``otel`` extra (OpenTelemetry SDK and OTLP exporter) is importable."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in (
+            "opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.grpc"))
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 

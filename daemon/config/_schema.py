@@ -401,20 +401,36 @@ class RateLimitConfig(_Strict):
                        [k for k in ("requests_per_minute", "burst", "per_user") if k in data])
 
 
-class _Toggle(_Strict):
+class MetricsConfig(_Strict):
+    """Prometheus metrics, served over HTTP on their own address (never the gRPC port)."""
+
     enabled: bool = False
-    """Parsed; not provided yet (a warning when true)."""
+    """Serve ``/metrics``."""
+    listen: str = "127.0.0.1:9464"
+    """``HOST:PORT`` of the metrics endpoint; loopback unless the scraper is elsewhere."""
     endpoint: str | None = None
-    """Where the data would be sent."""
+    """The guide's name for ``listen`` (``HOST:PORT``); ``listen`` wins when both are set."""
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry spans for each call, exported over OTLP/gRPC (needs the ``otel``
+    extra: ``pip install execgate[otel]``)."""
+
+    enabled: bool = False
+    """Export spans."""
+    endpoint: str | None = None
+    """The OTLP collector, e.g. ``http://localhost:4317``."""
+    service_name: str = "execgated"
+    """The ``service.name`` resource attribute of every span."""
 
 
 class ObservabilityConfig(_Strict):
-    """The guide's ``server.observability`` (parsed; not provided yet)."""
+    """The guide's ``server.observability``: metrics and tracing."""
 
-    metrics: _Toggle = _Toggle()
-    """Metrics (not provided yet)."""
-    tracing: _Toggle = _Toggle()
-    """Tracing (not provided yet)."""
+    metrics: MetricsConfig = MetricsConfig()
+    """Prometheus metrics."""
+    tracing: TracingConfig = TracingConfig()
+    """OpenTelemetry tracing."""
 
 
 class TlsConfig(_Strict):
@@ -457,7 +473,7 @@ class ServerConfig(_Strict):
     rate_limiting: RateLimitConfig = RateLimitConfig()
     """Tool calls a minute, globally or per principal."""
     observability: ObservabilityConfig = ObservabilityConfig()
-    """Metrics and tracing (parsed; not provided yet)."""
+    """Metrics and tracing."""
     cors: Any = _ignored("execgated speaks gRPC, not HTTP.")
 
 
@@ -472,13 +488,48 @@ class ApprovalsConfig(_Strict):
     """Whether a caller may approve its own request; false is four-eyes."""
 
 
+class AuditFileConfig(_Strict):
+    """An append-only, hash-chained audit file, written whatever the log level
+    (``execgated verify-audit`` checks it)."""
+
+    path: str
+    """The file; records are appended, and a rotated file is continued by the next (move it
+    away, then SIGHUP: the new file's first record carries the old one's last hash)."""
+    fsync: Literal["every", "interval"] = "interval"
+    """``every`` record reaches the disk before the call goes on (slow), or at most
+    ``fsync_interval`` after it was written."""
+    fsync_interval: Duration = 1.0
+    """With ``fsync: interval``, the longest a record waits for the disk."""
+    hmac_key_env: str | None = None
+    """Name of an environment variable holding a key: the chain is then HMAC-SHA256, which
+    a writer without the key cannot forge (give the same variable to verify-audit)."""
+
+
 class LoggerConfig(_Strict):
-    """Log level and format; audit events go through the same logger."""
+    """Log level and format; audit events go through the same logger, and to the audit file
+    when there is one."""
 
     level: Literal["debug", "info", "warn", "warning", "error"] = "info"
     """Least severe level logged (audit events are always logged)."""
     format: Literal["json", "text"] = "json"
     """``json`` lines or human-readable ``text``."""
+    redact: dict[str, str] = Field(default_factory=dict)
+    """Secret patterns (name: regular expression) replaced by ``[redacted:<name>]`` in the
+    audit's argv, added to the defaults (bearer tokens, ``--password=``, AWS, GitHub and
+    Slack keys, URLs with credentials ...); an empty pattern turns a default off. A group
+    named ``secret`` limits the replacement to it."""
+    audit_file: AuditFileConfig | None = None
+    """A tamper-evident audit file besides the log."""
+
+    @field_validator("redact")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{name}: not a regular expression: {exc}") from None
+        return value
 
 
 def policy_version(value: object) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal
 from execgate.daemon.config import AgentConfig, PolicyConfig, ToolConfig
 from execgate.daemon.snapshot import Current
@@ -21,14 +22,17 @@ _VISIBILITY = {"public": agents_pb2.VISIBILITY_PUBLIC, "internal": agents_pb2.VI
 class AgentService(agents_pb2_grpc.AgentServiceServicer):
     """Lists the agents the caller may see."""
 
-    def __init__(self, current: Current) -> None:
+    def __init__(self, current: Current, audit: Audit) -> None:
         self._current = current
+        self._audit = audit
 
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext,
     ) -> agents_pb2.ListAgentsResponse:
         snapshot = self._current.get()
-        visible = snapshot.access.visible(current_principal.get())
+        principal = current_principal.get()
+        visible = snapshot.access.visible(principal)
+        self._audit.discovered(principal, [name for name, _ in visible])
         return agents_pb2.ListAgentsResponse(
             agents=[agent_message(name, agent, snapshot.config) for name, agent in visible])
 

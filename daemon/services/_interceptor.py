@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 
-from execgate.daemon.audit import Audit
-from execgate.daemon.auth import current_principal
-from execgate.daemon.model import Denial, DenialKind
+from execgate.daemon.audit import Audit, enter_call
+from execgate.daemon.auth import AuthenticationFailed, current_principal, failure_reason
+from execgate.daemon.model import Denial
 from execgate.daemon.services._errors import abort
 from execgate.daemon.snapshot import Current
 from execgate.daemon.tls import certificate_identity
@@ -44,20 +44,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _wrapped(handler, details.method, self._authenticate)
 
     async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        enter_call(method, context.peer())  # every audit event of this call carries it
         try:
             uid = None
             if self._unix_peer is not None:
                 uid = self._unix_peer(context.peer())
                 if uid is None:
-                    raise Denial(DenialKind.UNAUTHENTICATED,
-                                 "this listener serves the unix socket relay only", "server")
+                    raise AuthenticationFailed(
+                        "relay_only", "this listener serves the unix socket relay only")
             principal = await self._current.get().authenticator.authenticate(
                 method, context.invocation_metadata() or (),
                 certificate_identity(context.auth_context()), uid,
                 source=f"uid:{uid}" if uid is not None else peer_address(context.peer()))
         except Denial as denial:
-            self._audit.unauthenticated(method, context.peer(), denial)
+            self._audit.unauthenticated(method, context.peer(), denial, failure_reason(denial))
             await abort(context, denial)
+        if principal.authenticated:
+            self._audit.authenticated(principal)
         current_principal.set(principal)
 
 
