@@ -64,8 +64,10 @@ class Metrics:
         event, fields = record.event, record.fields
         if event == "call.denied":
             named = _CALLER_NAMED.get(fields["kind"], ())
-            self.calls.labels(UNKNOWN if "agent" in named else fields["agent"],
-                              UNKNOWN if "tool" in named else fields["tool"], "denied").inc()
+            # a tool the caller left for the agent to imply is not known here: the rule is
+            self.calls.labels(UNKNOWN if "agent" in named else fields["agent"] or UNKNOWN,
+                              UNKNOWN if "tool" in named else fields["tool"] or UNKNOWN,
+                              "denied").inc()
             self.denials.labels(fields["rule"]).inc()
             if fields["kind"] == "resource_exhausted":
                 self.refusals.labels(fields["rule"]).inc()
