@@ -230,9 +230,11 @@ def unenforced(config: PolicyConfig) -> list[str]:
     auth = config.server.auth
     if auth.enabled and auth.excluded_paths and not auth.require_auth:
         out.append("server.auth.excluded_paths: has no effect when require_auth is false")
-    if config.server.observability.tracing.enabled and not tracing_installed():
-        out.append("server.observability.tracing: the otel extra is not installed "
-                   "(pip install 'execgate[otel]'); no spans are exported")
+    if config.server.observability.tracing.enabled:
+        out.append("server.observability.tracing: " + (
+            "spans are not exported yet" if tracing_installed() else
+            "the otel extra is not installed (pip install 'execgate[otel]'); no spans are "
+            "exported"))
     return out
 
 
