@@ -43,8 +43,8 @@ class Hierarchy(Protocol):
     def configure(self, kind: str, path: str, limits: Limits) -> None:
         """Write the job's limits into a new or reused cgroup; OSError when refused."""
 
-    def counts(self, kind: str, path: str) -> Events:
-        """The cgroup's event counters now (they only grow)."""
+    def counters(self, kind: str, path: str) -> list[tuple[str, str, str]]:
+        """The cgroup's event counters (they only grow): (event, file, key in the file)."""
 
     def empty(self, path: str) -> bool:
         """Whether no process is left in the cgroup; OSError when it is not usable."""

@@ -8,9 +8,7 @@ import os
 from typing import Any
 
 from execgate.daemon.sandbox._cgroup_files import (
-    Events,
     Limits,
-    field,
     kill_members,
     pids,
     remove_stale,
@@ -81,10 +79,10 @@ class V1:
         for name in (swap, limit) if raising else (limit, swap):
             write(name, value)  # the swap limit too: no escape into swap
 
-    def counts(self, kind: str, path: str) -> Events:
+    def counters(self, kind: str, path: str) -> list[tuple[str, str, str]]:
         """The kind's one counter: refused forks, or OOM kills."""
-        key, name, counter = _EVENT[kind]
-        return {key: field(f"{path}/{name}", counter)}
+        event, name, key = _EVENT[kind]
+        return [(event, f"{path}/{name}", key)]
 
     def empty(self, path: str) -> bool:
         """Whether ``cgroup.procs`` lists nobody."""

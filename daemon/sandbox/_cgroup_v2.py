@@ -22,9 +22,7 @@ import os
 from typing import Any
 
 from execgate.daemon.sandbox._cgroup_files import (
-    Events,
     Limits,
-    field,
     kill_members,
     pids,
     remove_stale,
@@ -197,10 +195,10 @@ class V2:
             write(f"{path}/memory.swap.max", "max" if memory is None else 0)
         write(f"{path}/memory.oom.group", 1)
 
-    def counts(self, kind: str, path: str) -> Events:
+    def counters(self, kind: str, path: str) -> list[tuple[str, str, str]]:
         """OOM kills (``memory.events``) and refused forks (``pids.events``)."""
-        return {"oom_kills": field(f"{path}/memory.events", "oom_kill"),
-                "pids_max_hits": field(f"{path}/pids.events", "max")}
+        return [("oom_kills", f"{path}/memory.events", "oom_kill"),
+                ("pids_max_hits", f"{path}/pids.events", "max")]
 
     def empty(self, path: str) -> bool:
         """Whether ``cgroup.events`` says the cgroup is no longer populated."""

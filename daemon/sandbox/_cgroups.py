@@ -17,7 +17,14 @@ import time
 from typing import Any
 
 from execgate.daemon.sandbox import _cgroup_v1, _cgroup_v2
-from execgate.daemon.sandbox._cgroup_files import Events, Hierarchy, Limits, remove_members
+from execgate.daemon.sandbox._cgroup_files import (
+    Events,
+    Hierarchy,
+    Limits,
+    field,
+    remove_members,
+)
+from execgate.daemon.sandbox._protocol import Counter
 
 
 def probe() -> dict[str, Any]:
@@ -63,7 +70,7 @@ class JobCgroups:
         self._parents = self._hierarchy.parents if self._hierarchy else {}
         self._made = 0
         self._free: dict[str, list[str]] = {kind: [] for kind in self._parents}
-        self._jobs: dict[int, list[tuple[str, str, Events]]] = {}
+        self._jobs: dict[int, list[tuple[str, str, list[Counter]]]] = {}
         self.pending: list[tuple[str, str]] = []
         """(kind, directory) whose processes were still exiting; checked again."""
 
@@ -79,8 +86,8 @@ class JobCgroups:
         return [f"{path}/cgroup.procs" for _, path, _ in held]
 
     def _limited(self, hierarchy: Hierarchy, kind: str,
-                 limits: Limits) -> tuple[str, str, Events]:
-        """A cgroup with its limits set, and its event counts now.
+                 limits: Limits) -> tuple[str, str, list[Counter]]:
+        """A cgroup with its limits set, and its event counters with their values now.
 
         A reused cgroup the kernel will not take the limits in is removed, never pooled
         again (it would fail every later job the same way); a new one that fails raises.
@@ -89,7 +96,9 @@ class JobCgroups:
             path, new = self._take(kind)
             try:
                 hierarchy.configure(kind, path, limits)
-                return kind, path, hierarchy.counts(kind, path)
+                return kind, path, [
+                    Counter(name=name, path=file, key=key, base=field(file, key))
+                    for name, file, key in hierarchy.counters(kind, path)]
             except OSError:
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
@@ -107,16 +116,10 @@ class JobCgroups:
                 os.mkdir(path)
                 return path, True
 
-    def events(self, job: int) -> Events:
-        """How often the job hit its limits: OOM kills and refused forks."""
-        out = {"oom_kills": 0, "pids_max_hits": 0}
-        if self._hierarchy is None:
-            return out
-        for kind, path, before in self._jobs.get(job, []):
-            with contextlib.suppress(OSError, ValueError):
-                for key, now in self._hierarchy.counts(kind, path).items():
-                    out[key] += now - before.get(key, 0)
-        return out
+    def counters(self, job: int) -> list[Counter]:
+        """The job's event counters and their values when it got its cgroups: whoever
+        sees the job end reads them again (``events``)."""
+        return [c for _, _, counters in self._jobs.get(job, []) for c in counters]
 
     def remove(self, job: int) -> None:
         """Hand the job's cgroups back once its processes are gone."""
@@ -159,3 +162,13 @@ class JobCgroups:
             remove_members(parent)
         if self._hierarchy is not None:
             self._hierarchy.close()
+
+
+def events(counters: list[Counter]) -> Events:
+    """How often a job hit its limits since ``counters`` were taken: OOM kills and refused
+    forks (plain file reads: the daemon calls it)."""
+    out = {"oom_kills": 0, "pids_max_hits": 0}
+    for counter in counters:
+        with contextlib.suppress(OSError, ValueError):
+            out[counter["name"]] += field(counter["path"], counter["key"]) - counter["base"]
+    return out

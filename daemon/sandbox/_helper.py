@@ -7,14 +7,17 @@ gRPC server exists, stays single-threaded, and so may fork freely. Of the ways m
 this host (DESIGN.md), it is the only one that can apply every layer at about the cost of a
 plain spawn: a fresh interpreter per call costs 13 ms, exec wrappers have no Landlock.
 
-Per call it hands the job to a waiting init (see ``_init``), already pid 1 of fresh
-namespaces, and makes a replacement after answering. An unprivileged helper first enters a
-user namespace of its own (its uid mapped to itself), which gives it the right to create
-the others.
+It is not on a job's path: it makes inits (see ``_init``) ahead of need, each already pid 1
+of fresh namespaces, in its job cgroups, with the job's view, private /tmp and Landlock
+ruleset prepared for the kind of job the daemon asked for, and hands each init's socket and
+a pidfd of it to the daemon, which gives the init its job and hears its report directly.
+The helper reaps the inits, and removes their cgroups, as they exit. An unprivileged helper
+first enters a user namespace of its own (its uid mapped to itself), which gives it the
+right to create the others.
 
-Protocol (``_wire``), daemon to helper: ``spawn`` (a job spec, with stdin/stdout/stderr) and
-``signal`` and ``ping``; helper to daemon: ``ready`` (what this host supports), ``exited``
-per job and ``pong`` per ping (the daemon's watchdog: a wedged helper stops the service's).
+Messages (``_protocol``): from the daemon ``Want``, ``Forget`` and ``Ping``; to it
+``Ready``, ``Offer`` (or a refusal, when an init cannot be made) and ``Pong`` (the
+daemon's watchdog: a wedged helper stops the service's).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import contextlib
 import ctypes
 import gc
 import itertools
-import json
 import os
 import selectors
 import signal
@@ -31,14 +33,14 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from execgate.daemon.sandbox import _cgroups, _landlock, _linux, _wire
-from execgate.daemon.sandbox._init import init_main, job_kind
+from execgate.daemon.sandbox._cgroup_files import Limits
+from execgate.daemon.sandbox._init import init_main
 from execgate.daemon.sandbox._paths import DEFAULT_READ_PATHS
+from execgate.daemon.sandbox._protocol import Kind, Offer, Pong, Ready, Refused, View, Want
 
-POOL_SIZE = 2
-"""Waiting inits per kind of job: enough for a burst to start without namespace creation."""
 QUIET_BEFORE_REFILL = 0.003
 """Seconds without messages before spare inits are made. A clone started right after a
 dispatch delays the woken init behind it on the same CPU by ~2 ms (measured here), so
@@ -74,33 +76,22 @@ def clone(flags: int) -> int:
 
 @dataclass
 class Init:
-    """A job init, waiting for a spec or running one."""
+    """An init this helper made (and must reap)."""
 
     pid: int
     sock: socket.socket
-    flags: int
+    """The helper's end, until it is handed to the daemon."""
     cgroups: int = 0
     """The id of its job cgroups (with ``JobCgroups``); 0: none."""
+    pidfd: int = -1
+    """Readable once the init has exited."""
 
 
-PoolKey = tuple[int, str]
-"""What a waiting init was made for: its clone flags, and its kind of job (``job_kind``, as
-canonical JSON): in effect, one pool per tool."""
-MAX_KINDS = 8
-"""Pools kept at once; the least recently used kind's inits go first."""
-_PROBE_KIND = {"tmp_dir": "/tmp", "tmp_size": 1 << 20, "landlock": None,
-               "view": {"read": list(DEFAULT_READ_PATHS), "write": [], "unix_sockets": []}}
+_PROBE_KIND = Kind(flags=0, tmp_dir="/tmp", tmp_size=1 << 20, landlock=None, cgroup=None,
+                   view=View(read=list(DEFAULT_READ_PATHS), write=[], unix_sockets=[]))
 
 
-@dataclass
-class Job:
-    """A job handed to an init."""
-
-    id: int
-    init: Init
-
-
-def start_init(flags: int, view_root: str, kind: dict[str, Any] | None = None,
+def start_init(flags: int, view_root: str, kind: Kind | None = None,
                netns: int | None = None, cgroups: list[str] | None = None) -> Init:
     """Clone a new init with ``flags``; it prepares ``kind`` of job, then waits for its spec.
 
@@ -111,19 +102,29 @@ def start_init(flags: int, view_root: str, kind: dict[str, Any] | None = None,
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     clone_flags = flags & ~_linux.CLONE_NEWNET if netns is not None else flags
-    pid = clone(clone_flags)
+    # Opened here: in a new pid namespace the init cannot name its parent's pid.
+    helper = os.pidfd_open(os.getpid())
+    try:
+        pid = clone(clone_flags)
+    except BaseException:
+        for fd in (helper, ours.detach(), theirs.detach()):
+            os.close(fd)
+        raise
     if pid == 0:
         if netns is not None and flags & _linux.CLONE_NEWNET:
             _linux.setns(netns, _linux.CLONE_NEWNET)
-        keep = theirs.fileno()
-        os.closerange(0, keep)
-        os.closerange(keep + 1, 1 << 20)
+        # Only its socket and a pidfd of this helper (to learn of its death) stay open.
+        keep = sorted((theirs.fileno(), helper))
+        os.closerange(0, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, 1 << 20)
         null = os.open("/dev/null", os.O_RDWR)  # takes 0: received fds never land on 0-2
         os.dup2(null, 1)
         os.dup2(null, 2)
-        init_main(theirs, flags, view_root, kind, cgroups or [])
+        init_main(theirs, flags, view_root, kind, cgroups or [], helper)
+    os.close(helper)
     theirs.close()
-    return Init(pid=pid, sock=ours, flags=flags)
+    return Init(pid=pid, sock=ours)
 
 
 def empty_network_namespace() -> int | None:
@@ -207,184 +208,114 @@ class Helper:
 
     def __init__(self, daemon: socket.socket, host: dict[str, Any], mountpoint: str) -> None:
         self._daemon = daemon
-        self._host = host
         self._selector = selectors.DefaultSelector()
         self._selector.register(daemon, selectors.EVENT_READ, None)
-        self._jobs: dict[int, Job] = {}
-        self._pool: dict[PoolKey, list[Init]] = {}
+        self._kinds: dict[str, Kind] = {}
+        self._owed: dict[str, int] = {}
+        """Inits the daemon wants and has not been offered yet, by kind."""
+        self._urgent: list[str] = []
+        """Kinds a job is waiting for: made at once, not when quiet."""
+        self._inits: dict[int, Init] = {}
         self._cgroups = _cgroups.JobCgroups(host["cgroup"])
         self._cgroup_ids = itertools.count(1)
-        self._exiting: list[int] = []
-        """Inits that reported and are exiting; reaped when idle, their pids held till then."""
         self._netns = empty_network_namespace() if host["namespaces"] is None else None
-        # An empty directory each job's mount namespace covers: the root of a job's view, or
-        # (without a view) its private tmpfs when its jail lives under /tmp (a tmpfs on /tmp
-        # would hide the jail).
+        # An empty directory each init's mount namespace covers: the root of a job's view,
+        # or (without a view) its private tmpfs when its jail lives under /tmp.
         self._mountpoint = mountpoint
 
     def run(self) -> None:
-        """Serve the daemon until it goes away, then end every job and clean up."""
+        """Serve the daemon until it goes away, then end every init and clean up."""
         try:
             while True:
-                short = self._pool_short()
-                timeout = (QUIET_BEFORE_REFILL if short is not None else
-                           0.05 if self._cgroups.pending or self._exiting else None)
+                owed = next((key for key, n in self._owed.items() if n > 0), None)
+                timeout = (QUIET_BEFORE_REFILL if owed is not None else
+                           0.05 if self._cgroups.pending else None)
                 events = self._selector.select(timeout)
                 for key, _ in events:
                     if key.data is None:
                         if not self._from_daemon():
                             return
                     else:
-                        self._from_init(key.data)
+                        self._reap(key.data)
+                while self._urgent:
+                    self._offer(self._urgent.pop(0), urgent=True)
                 if not events:
-                    # Idle: only now make spare inits, so that no report waits behind a clone.
-                    self._reap()
-                    if short is not None:
-                        self._refill(short)
+                    # Idle: only now make spare inits, so that no running job waits behind
+                    # a clone on its CPU.
+                    if owed is not None:
+                        self._owed[owed] -= 1
+                        self._offer(owed, urgent=False)
                     self._cgroups.retry()
         finally:
             self._shutdown()
 
-    def _pool_short(self) -> PoolKey | None:
-        """A pool below its size, if any."""
-        for key, pool in self._pool.items():
-            if len(pool) < POOL_SIZE:
-                return key
-        return None
+    def _from_daemon(self) -> bool:
+        message, _ = _wire.receive(self._daemon)
+        if message is None:
+            return False
+        if message["op"] == "want":
+            want = cast(Want, message)
+            self._kinds[want["key"]] = want["kind"]
+            if want["urgent"]:
+                self._urgent.append(want["key"])
+            else:
+                self._owed[want["key"]] = self._owed.get(want["key"], 0) + want["count"]
+        elif message["op"] == "forget":
+            self._kinds.pop(message["key"], None)
+            self._owed.pop(message["key"], None)
+        elif message["op"] == "ping":
+            _wire.send(self._daemon, Pong(op="pong", id=message["id"]))
+        return True
 
-    def _start(self, key: PoolKey) -> Init:
-        """A new init for ``key``, in job cgroups with the kind's limits already set: a job
-        neither waits for cgroup writes nor moves between cgroups."""
-        flags, kind = key
-        prepared = json.loads(kind)
+    def _offer(self, key: str, urgent: bool) -> None:
+        """Make an init of ``key``'s kind, in its job cgroups, and hand it to the daemon."""
+        kind = self._kinds.get(key)
+        if kind is None:
+            return  # forgotten meanwhile
         cgroups = next(self._cgroup_ids)
-        procs = self._cgroups.create(cgroups, prepared["cgroup"])
         try:
-            init = start_init(flags, self._mountpoint, prepared, self._netns, procs)
-        except OSError:
-            self._cgroups.remove(cgroups)
-            raise
+            procs = self._cgroups.create(cgroups, cast(Limits | None, kind["cgroup"]))
+            try:
+                init = start_init(kind["flags"], self._mountpoint, kind, self._netns, procs)
+            except OSError:
+                self._cgroups.remove(cgroups)
+                raise
+        except OSError as exc:
+            if urgent:  # a job waits for it: it is told why it cannot start
+                _wire.send(self._daemon, Refused(op="refused", key=key,
+                                                 error=f"could not start the job: {exc}"))
+            else:
+                self._owed.pop(key, None)  # the next job of this kind will try again
+            return
         init.cgroups = cgroups
-        return init
-
-    def _use(self, key: PoolKey) -> list[Init]:
-        """The pool of ``key``, now the most recently used; beyond MAX_KINDS the least
-        recently used pool's inits are ended (a policy with many tools keeps working, the
-        rarely used ones cold)."""
-        pool = self._pool.pop(key, [])
-        self._pool[key] = pool
-        while len(self._pool) > MAX_KINDS:
-            for init in self._pool.pop(next(iter(self._pool))):
-                init.sock.close()  # end of stream: a waiting init exits by itself
-                self._exiting.append(init.pid)
-                self._cgroups.remove(init.cgroups)
-        return pool
-
-    def _refill(self, key: PoolKey) -> None:
+        init.pidfd = os.pidfd_open(init.pid)
+        self._inits[init.pid] = init
+        self._selector.register(init.pidfd, selectors.EVENT_READ, init)
+        offer = Offer(op="init", key=key, pid=init.pid,
+                      counters=self._cgroups.counters(cgroups))
         try:
-            self._pool[key].append(self._start(key))
-        except OSError:
-            self._pool.pop(key)  # cannot make these now; the next call will try again
+            _wire.send(self._daemon, offer, [init.sock.fileno(), init.pidfd])
+        finally:
+            init.sock.close()  # the daemon's now; without a daemon the init exits
+
+    def _reap(self, init: Init) -> None:
+        """An init exited: reap it, and give its cgroups back."""
+        self._selector.unregister(init.pidfd)
+        os.close(init.pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(init.pid, 0)
+        del self._inits[init.pid]
+        self._cgroups.remove(init.cgroups)
 
     def _shutdown(self) -> None:
-        inits = [job.init for job in self._jobs.values()]
-        inits += [init for pool in self._pool.values() for init in pool]
-        for init in inits:  # killing an init ends its whole pid namespace
+        for init in self._inits.values():  # killing an init ends its whole pid namespace
             with contextlib.suppress(OSError):
                 os.kill(init.pid, signal.SIGKILL)
-        for pid in [init.pid for init in inits] + self._exiting:
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
-        for init in inits:
-            self._cgroups.remove(init.cgroups)
+        for init in list(self._inits.values()):
+            self._reap(init)
         self._cgroups.close()
         with contextlib.suppress(OSError):
             os.rmdir(self._mountpoint)
-
-    def _from_daemon(self) -> bool:
-        message, fds = _wire.receive(self._daemon)
-        if message is None:
-            return False
-        if message["op"] == "spawn":
-            self._spawn(message, fds)
-        elif message["op"] == "signal":
-            job = self._jobs.get(message["job"])
-            if job is not None:  # unreaped, so the pid is still this job's init
-                with contextlib.suppress(OSError):
-                    os.kill(job.init.pid, message["signal"])
-        elif message["op"] == "ping":
-            _wire.send(self._daemon, {"op": "pong", "id": message["id"]})
-        return True
-
-    def _pool_key(self, spec: dict[str, Any]) -> PoolKey:
-        kind = json.dumps(job_kind(spec), sort_keys=True, separators=(",", ":"))
-        if not spec["namespaces"]:
-            return 0, kind
-        flags = _linux.CLONE_NEWPID | _linux.CLONE_NEWNS
-        return flags if spec["network"] else flags | _linux.CLONE_NEWNET, kind
-
-    def _private_tmp(self, spec: dict[str, Any]) -> None:
-        """Give the job a private tmpfs, and tell it where (TMPDIR, Landlock)."""
-        spec["tmp_dir"] = None
-        if not (spec["namespaces"] and spec["tmp_size"]):
-            return
-        jail_in_tmp = spec["jail"] == "/tmp" or spec["jail"].startswith("/tmp/")
-        # In a view, /tmp is the job's own whatever the jail: the jail is bound onto it.
-        spec["tmp_dir"] = self._mountpoint if jail_in_tmp and not spec["view"] else "/tmp"
-        spec["env"]["TMPDIR"] = spec["tmp_dir"]
-        if spec["landlock"]:
-            spec["landlock"]["write"].append(spec["tmp_dir"])
-            if spec["view"]:
-                spec["landlock"]["write"].append("/dev/shm")
-
-    def _spawn(self, spec: dict[str, Any], fds: list[int]) -> None:
-        job_id = spec["job"]
-        self._private_tmp(spec)
-        init = None
-        try:
-            key = self._pool_key(spec)
-            pool = self._use(key)
-            init = pool.pop() if pool else self._start(key)
-            _wire.send(init.sock, spec, fds)
-        except OSError as exc:
-            if init is not None:  # it cannot take the job: end it, with its cgroups
-                init.sock.close()
-                self._exiting.append(init.pid)
-                self._cgroups.remove(init.cgroups)
-            _wire.send(self._daemon, {"op": "exited", "job": job_id,
-                                      "error": f"could not start the job: {exc}"})
-            return
-        finally:
-            for fd in fds:
-                os.close(fd)
-        self._jobs[job_id] = Job(job_id, init)
-        self._selector.register(init.sock, selectors.EVENT_READ, job_id)
-
-    def _from_init(self, job_id: int) -> None:
-        job = self._jobs.pop(job_id)
-        try:
-            report, _ = _wire.receive(job.init.sock)
-        except (OSError, ValueError):
-            report = None
-        self._selector.unregister(job.init.sock)
-        job.init.sock.close()
-        message: dict[str, Any] = {"op": "exited", "job": job_id,
-                                   **self._cgroups.events(job.init.cgroups)}
-        if report is None:  # the init was killed (SIGKILL ends the whole job)
-            _, init_status = os.waitpid(job.init.pid, 0)
-            message.update(status=init_status, rusage=[0, 0, 0])
-        else:
-            message.update(report)
-            self._exiting.append(job.init.pid)  # reaped when idle: teardown takes ~0.5 ms
-        _wire.send(self._daemon, message)
-        self._cgroups.remove(job.init.cgroups)  # after the report: the caller need not wait
-
-    def _reap(self) -> None:
-        still = []
-        for pid in self._exiting:
-            if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                still.append(pid)
-        self._exiting = still
 
 
 def main() -> None:
@@ -413,7 +344,7 @@ def main() -> None:
     gc.disable()
     mountpoint = tempfile.mkdtemp(prefix="execgate-mnt-")
     host = probe(in_userns, userns_error, mountpoint)
-    _wire.send(daemon, {"op": "ready", "host": host})
+    _wire.send(daemon, Ready(op="ready", host=host, mountpoint=mountpoint))
     Helper(daemon, host, mountpoint).run()
 
 

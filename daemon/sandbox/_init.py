@@ -25,9 +25,10 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn, cast
 
 from execgate.daemon.sandbox import _landlock, _linux, _view, _wire
+from execgate.daemon.sandbox._protocol import JobSpec, Kind, Report
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
@@ -47,13 +48,14 @@ class JobRefused(Exception):
     """The job cannot be set up as its spec says; the message is for the caller."""
 
 
-def init_main(sock: socket.socket, flags: int, view_root: str,
-              kind: dict[str, Any] | None, cgroups: list[str]) -> NoReturn:
+def init_main(sock: socket.socket, flags: int, view_root: str, kind: Kind | None,
+              cgroups: list[str], helper: int) -> NoReturn:
     """Run as a freshly cloned job init; never returns.
 
-    ``kind`` is what every job this init may run shares (``job_kind``): it is prepared now,
+    ``kind`` is what every job this init may run shares: it is prepared now,
     a view built on ``view_root`` (an empty directory) when it has one, and the job cgroups
-    whose ``cgroup.procs`` files ``cgroups`` names are joined. An init that cannot
+    whose ``cgroup.procs`` files ``cgroups`` names are joined. ``helper`` is a pidfd of the
+    helper, this init's parent, which it must not outlive. An init that cannot
     warm up says why and exits 1, which is how the helper's probe learns what this host
     lacks.
     """
@@ -70,11 +72,12 @@ def init_main(sock: socket.socket, flags: int, view_root: str,
         with contextlib.suppress(OSError):
             _wire.send(sock, {"error": f"{type(exc).__name__}: {exc}"})
         os._exit(1)
+    report: Report
     try:
-        spec, fds = _wire.receive(sock)  # a pooled init waits here
+        spec, fds = _wire.receive(sock)  # a pooled init waits here, for the daemon
         if spec is None:
             os._exit(0)
-        report = _run(spec, fds, flags, ready, sock)
+        report = _run(cast(JobSpec, spec), fds, flags, ready, helper)
     except JobRefused as exc:
         report = {"error": str(exc)}
     except BaseException as exc:
@@ -82,11 +85,6 @@ def init_main(sock: socket.socket, flags: int, view_root: str,
     with contextlib.suppress(OSError):
         _wire.send(sock, report)
     os._exit(0)
-
-
-def job_kind(spec: dict[str, Any]) -> dict[str, Any]:
-    """What of a job spec an init can prepare before the job: it depends on the tool only."""
-    return {key: spec[key] for key in ("tmp_dir", "tmp_size", "view", "landlock", "cgroup")}
 
 
 @dataclass(frozen=True)
@@ -97,8 +95,7 @@ class _Ready:
     """The job's whole Landlock ruleset, or None when the layer is off."""
 
 
-def _prepare(flags: int, view_root: str, kind: dict[str, Any] | None,
-             cgroups: list[str]) -> _Ready:
+def _prepare(flags: int, view_root: str, kind: Kind | None, cgroups: list[str]) -> _Ready:
     """Do, while waiting, what every job of this kind needs: take this copy of the helper's
     copy-on-write page faults, mount the private /tmp or build and enter the view, open the
     Landlock ruleset's paths (after this init's own /proc and view exist), and join the job
@@ -129,17 +126,18 @@ def _prepare(flags: int, view_root: str, kind: dict[str, Any] | None,
     return _Ready(ruleset)
 
 
-def _confine(spec: dict[str, Any], ready: _Ready, helper: socket.socket) -> None:
+def _confine(spec: JobSpec, ready: _Ready, helper: int) -> None:
     # Opened now, as the init's own user: the jail may sit below a directory the job's user
     # cannot traverse. Entered only after the user changes, so that the kernel checks the
     # job's right to enter it.
     cwd = _open_cwd(spec)
     for name, value in spec["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
-    if spec["uid"] is not None:
+    uid, gid = spec["uid"], spec["gid"]
+    if uid is not None and gid is not None:
         os.setgroups([])
-        os.setresgid(spec["gid"], spec["gid"], spec["gid"])
-        os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
         _rearm_death_signal(helper)
     try:
         os.fchdir(cwd)
@@ -153,7 +151,7 @@ def _confine(spec: dict[str, Any], ready: _Ready, helper: socket.socket) -> None
         _landlock.enforce(ready.ruleset)
 
 
-def _open_cwd(spec: dict[str, Any]) -> int:
+def _open_cwd(spec: JobSpec) -> int:
     """The working directory the policy checked, or JobRefused.
 
     It is found again beneath the jail with no symlink followed (the policy's answer is a
@@ -179,19 +177,18 @@ def _open_cwd(spec: dict[str, Any]) -> int:
                      "nothing ran")
 
 
-def _rearm_death_signal(helper: socket.socket) -> None:
+def _rearm_death_signal(helper: int) -> None:
     """The kernel clears the death signal when a process's credentials change: set it again,
-    then make sure the helper did not die in between (its end of our socket would be
-    closed), so that a killed daemon never leaves this job running."""
+    then make sure the helper did not die in between (its pidfd turns readable), so that a
+    killed daemon never leaves this job running."""
     _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     poller = select.poll()
-    poller.register(helper, select.POLLRDHUP)
+    poller.register(helper, select.POLLIN)
     if poller.poll(0):
         os._exit(1)
 
 
-def _run(spec: dict[str, Any], fds: list[int], flags: int, ready: _Ready,
-         helper: socket.socket) -> dict[str, Any]:
+def _run(spec: JobSpec, fds: list[int], flags: int, ready: _Ready, helper: int) -> Report:
     stdin, stdout, stderr = fds
     _confine(spec, ready, helper)
     if not flags & _linux.CLONE_NEWPID:

@@ -1,4 +1,5 @@
-"""Messages between the daemon, the sandbox helper and each job's init: JSON with fds.
+"""Messages between the daemon, the sandbox helper and each job's init: JSON with fds (what
+they say is typed in ``_protocol``).
 
 SOCK_SEQPACKET keeps message boundaries, and SCM_RIGHTS carries the job's pipe ends, so the
 daemon never hands a process anything but the three descriptors it made for the job.
@@ -9,13 +10,14 @@ from __future__ import annotations
 import array
 import json
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 MAX_MESSAGE = 4 * 1024 * 1024
 MAX_FDS = 4
 
 
-def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+def send(sock: socket.socket, message: Mapping[str, Any], fds: list[int] | None = None) -> None:
     """Send one message, with ``fds`` attached."""
     data = json.dumps(message, separators=(",", ":")).encode()
     ancillary = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]

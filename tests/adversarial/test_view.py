@@ -247,12 +247,12 @@ def test_a_cwd_swapped_for_a_symlink_is_never_entered(
 
 def _job_processes(marker: str) -> list[psutil.Process]:
     """The job's shell (its $0 is ``marker``) and whatever it started."""
-    found = []
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
-        if marker in (proc.info["cmdline"] or []):
-            found.append(proc)
-            found.extend(proc.children(recursive=True))
-    return found
+        if marker in (proc.info["cmdline"] or []):  # a fork of the shell, not yet exec'd, too
+            found[proc.pid] = proc
+            found.update((child.pid, child) for child in proc.children(recursive=True))
+    return list(found.values())
 
 
 def _start_sleeper(d: Daemon, marker: str) -> None:
@@ -281,7 +281,7 @@ def test_a_sigkilled_daemon_or_helper_leaves_no_job_process(
         marker = f"job-{uuid.uuid4().hex}"
         _start_sleeper(d, marker)
         job = _job_processes(marker)
-        assert len(job) == 2, "the job's shell and its sleep are running"
+        assert len(job) >= 2, "the job's shell and its sleep are running"
         target = d.proc.pid
         if victim == "helper":
             target = next(p.pid for p in psutil.Process(d.proc.pid).children()

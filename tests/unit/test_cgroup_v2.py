@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from execgate.daemon.sandbox import _cgroup_v2
-from execgate.daemon.sandbox._cgroups import JobCgroups
+from execgate.daemon.sandbox._cgroups import JobCgroups, events
 
 DAEMON, HELPER, OTHER = 4000, 4001, 4002
 MiB = 2**20
@@ -197,7 +197,7 @@ def test_events_are_what_this_job_added_to_a_reused_cgroups_counters(
     assert pooled.create(2, {"pids_max": 16, "memory_max": MiB}) == [f"{job}/cgroup.procs"]
     (job / "memory.events").write_text("oom 3\noom_kill 3\n")
     (job / "pids.events").write_text("max 9\n")
-    assert pooled.events(2) == {"oom_kills": 1, "pids_max_hits": 4}
+    assert events(pooled.counters(2)) == {"oom_kills": 1, "pids_max_hits": 4}
 
 
 def test_what_is_left_in_a_finished_jobs_cgroup_is_killed_with_cgroup_kill(
