@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from execgate.daemon.audit import Audit, enter_call
 from execgate.daemon.auth import AuthenticationFailed, current_principal, failure_reason
-from execgate.daemon.model import Denial
+from execgate.daemon.model import Denial, DenialKind
 from execgate.daemon.services._errors import abort
 from execgate.daemon.snapshot import Current
 from execgate.daemon.tls import certificate_identity
@@ -84,6 +85,28 @@ def peer_address(peer: str) -> str:
 
 
 Authenticate = Callable[[str, grpc.aio.ServicerContext], Awaitable[None]]
+Deserialize = Callable[[bytes], Any]
+_UNPARSED = object()
+"""Stands for a single request whose bytes did not parse: gRPC would answer UNKNOWN, quoting
+the parser, before the handler ran; the wrapper refuses it after authentication instead."""
+
+
+def _tolerant(deserialize: Deserialize | None) -> Deserialize | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return _UNPARSED
+    return parse
+
+
+async def _parsed(method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+    if request is _UNPARSED:
+        await abort(context, Denial(DenialKind.INVALID_ARGUMENT,
+                                    f"the request to {method} is not a valid message"))
 
 
 def _wrapped(handler: grpc.RpcMethodHandler, method: str,
@@ -100,13 +123,18 @@ def _wrapped(handler: grpc.RpcMethodHandler, method: str,
     if inspect.isasyncgenfunction(behavior):
         async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await authenticate(method, context)
+            await _parsed(method, request, context)
             async for response in behavior(request, context):
                 yield response
         wrapper = stream_out
     else:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await authenticate(method, context)
+            await _parsed(method, request, context)
             return await behavior(request, context)
         wrapper = call
-    return make(wrapper, request_deserializer=handler.request_deserializer,
+    # A stream's messages are parsed as the handler reads them; it answers for those itself.
+    deserialize = (handler.request_deserializer if handler.request_streaming
+                   else _tolerant(handler.request_deserializer))
+    return make(wrapper, request_deserializer=deserialize,
                 response_serializer=handler.response_serializer)
