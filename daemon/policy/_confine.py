@@ -18,7 +18,7 @@ def resolve(config: PolicyConfig, tool: str, jail: Path) -> Confinement:
     """The confinement of ``tool``; its jail and the private /tmp are always writable."""
     sandbox = config.sandbox_for(tool)
     uid = gid = None
-    user = sandbox.run_as or ("nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())[0])
+    user = (sandbox.run_as or "nobody") if os.geteuid() == 0 else _own_user()
     if os.geteuid() == 0:
         try:
             entry = pwd.getpwnam(user)
@@ -39,3 +39,12 @@ def resolve(config: PolicyConfig, tool: str, jail: Path) -> Confinement:
         cpu_time=limits.cpu_time, file_size=limits.file_size, open_files=limits.open_files,
         address_space=limits.address_space, processes=limits.processes, memory=limits.memory,
         tmp_size=limits.tmp_size)
+
+
+def _own_user() -> str:
+    """The daemon's user name, or ``uid:N`` where the uid has no passwd entry (an arbitrary
+    container uid)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid:{os.geteuid()}"
