@@ -203,14 +203,16 @@ def _serve(config_path: Path | None, listen: list[str], auth: dict[str, object],
     for warning in (*loaded.warnings, *unenforced(loaded.config)):
         log.warning("config", warning=warning)
     checked = preflight(loaded.config, loaded.source, Path.cwd(), listen,
-                        create_jails=config_path is None, known=known, inherited=activated)
+                        create_jails=config_path is None, known=known, inherited=activated,
+                        marks=loaded.marks)
 
     def reload() -> tuple[str, PolicyConfig, Preflight]:
         again, known = load()
         for warning in (*again.warnings, *unenforced(again.config)):
             log.warning("config", warning=warning)
         return again.source, again.config, preflight(
-            again.config, again.source, Path.cwd(), listen, known=known, inherited=activated)
+            again.config, again.source, Path.cwd(), listen, known=known, inherited=activated,
+            marks=again.marks)
 
     def ready(bound: list[str]) -> None:
         if token is not None:
