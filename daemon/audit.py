@@ -187,24 +187,27 @@ class Audit:
 
     def run_detached(self, run_id: str, principal: Principal) -> None:
         """The caller that started a detached run went away; the run goes on."""
-        self._log.info("run.detached", run_id=run_id, subject=principal.subject)
+        self._emit("info", "run.detached", True, run_id=run_id, subject=principal.subject,
+                   auth=principal.method)
 
     def run_attached(self, run_id: str, principal: Principal) -> None:
         """``principal`` attached to a run (AttachRun)."""
-        self._log.info("run.attached", run_id=run_id, subject=principal.subject)
+        self._emit("info", "run.attached", True, run_id=run_id, subject=principal.subject,
+                   auth=principal.method)
 
     def run_cancelled(self, run_id: str, principal: Principal) -> None:
         """``principal`` cancelled a run (CancelRun): its owner or an operator."""
-        self._log.info("run.cancelled", run_id=run_id, subject=principal.subject)
+        self._emit("info", "run.cancelled", True, run_id=run_id, subject=principal.subject,
+                   auth=principal.method)
 
     def run_signalled(self, run_id: str, principal: Principal, signal: int) -> None:
         """``principal`` sent ``signal`` to a run (SignalRun)."""
-        self._log.info("run.signalled", run_id=run_id, subject=principal.subject,
-                       signal=signal)
+        self._emit("info", "run.signalled", True, run_id=run_id, subject=principal.subject,
+                   auth=principal.method, signal=signal)
 
     def run_forgotten(self, run_id: str) -> None:
         """A run's retention passed: its exit and output are no longer attachable."""
-        self._log.info("run.forgotten", run_id=run_id)
+        self._emit("info", "run.forgotten", True, run_id=run_id)
 
     def unix_relay(self, internal: str) -> None:
         """The unix sockets' relay is listening on its internal address."""

@@ -60,6 +60,8 @@ class Limits:
     """stdout and stderr bytes together that are streamed before the run is stopped."""
     kill_grace: float
     """Seconds between SIGTERM and SIGKILL when the daemon stops a run."""
+    idle_timeout: float | None = None
+    """Seconds without output after which the run is stopped with reason IDLE_TIMEOUT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,7 @@ class DenialKind(enum.Enum):
     APPROVAL_DENIED = "approval_denied"
     APPROVAL_NOT_FOUND = "approval_not_found"
     APPROVAL_EXPIRED = "approval_expired"
+    RUN_NOT_FOUND = "run_not_found"
 
 
 class Denial(Exception):
@@ -201,6 +204,8 @@ class ExitReason(enum.Enum):
     SANDBOX_ERROR = 9
     DAEMON_STOPPING = 10
     """The daemon was told to stop (SIGTERM, SIGINT) and stopped the run."""
+    IDLE_TIMEOUT = 11
+    """The command wrote nothing for its tool's idle_timeout."""
 
 
 @dataclass(frozen=True, slots=True)

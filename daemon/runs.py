@@ -1,4 +1,5 @@
-"""One run's lifecycle: output pump, output cap, deadline, stdin, signals, cancel, reap.
+"""One run's lifecycle: output pump, output cap, deadline, idle timeout, stdin, signals,
+cancel, reap.
 
 Output is read straight from the pipes with ``add_reader`` as it arrives and queued for the
 caller; when more than ``HIGH_WATER`` bytes wait for a slow caller the pipes are not read,
@@ -104,7 +105,9 @@ class CommandRun:
         self._dropped = 0
         self._status: ExitStatus | None = None
         self._stop_reason: ExitReason | None = None
+        self._stop_message = ""
         self._finished = False
+        self._last_output = self._started
         self._stdin = stdin
         for fd in (stdin, stdout, stderr):
             if fd is not None:
@@ -113,6 +116,8 @@ class CommandRun:
             self._loop.add_reader(fd, self._on_readable, fd)
         job.exited.add_done_callback(self._on_exit)
         self._timers = [self._loop.call_later(limits.timeout, self._stop, ExitReason.TIMEOUT)]
+        if limits.idle_timeout is not None:
+            self._timers.append(self._loop.call_later(limits.idle_timeout, self._check_idle))
 
     # -- the caller's side -------------------------------------------------------------
 
@@ -153,11 +158,12 @@ class CommandRun:
         """The caller is gone: kill the group now; reaping goes on without a reader."""
         self._discard = True
         self._resume()
-        self._stop(ExitReason.CANCELLED)
+        self._stop(ExitReason.CANCELLED, kill_now=True)
 
-    def stop(self, reason: ExitReason) -> None:
-        """End the run for ``reason``: SIGTERM now, SIGKILL after the tool's kill grace."""
-        self._stop(reason)
+    def stop(self, reason: ExitReason, message: str = "") -> None:
+        """End the run for ``reason`` (``message`` says more than the reason's own text):
+        SIGTERM now, SIGKILL after the tool's kill grace."""
+        self._stop(reason, message)
 
     # -- the pipes' and the child's side ------------------------------------------------
 
@@ -173,6 +179,7 @@ class CommandRun:
             self._close_stream(fd)
             self._maybe_finish()
             return
+        self._last_output = self._clock()
         if len(data) == size == CHUNK:
             self._grow(fd)
         stream = self._streams[fd]
@@ -228,13 +235,23 @@ class CommandRun:
             self._close_stream(fd)
         self._maybe_finish()
 
-    def _stop(self, reason: ExitReason) -> None:
+    def _check_idle(self) -> None:
+        assert self._limits.idle_timeout is not None
+        quiet = self._clock() - self._last_output
+        if quiet >= self._limits.idle_timeout:
+            self._stop(ExitReason.IDLE_TIMEOUT)
+        else:  # output came meanwhile: look again when it would next be idle long enough
+            self._timers.append(self._loop.call_later(
+                self._limits.idle_timeout - quiet, self._check_idle))
+
+    def _stop(self, reason: ExitReason, message: str = "", kill_now: bool = False) -> None:
         if self._status is not None:
             return
         stopping = self._stop_reason is not None
-        self._stop_reason = self._stop_reason or reason  # the first reason is the true one
+        if not stopping:  # the first reason is the true one
+            self._stop_reason, self._stop_message = reason, message
         self.close_stdin()
-        if reason is ExitReason.CANCELLED:  # nobody waits for a graceful end, even mid-grace
+        if kill_now:  # nobody waits for a graceful end, even mid-grace
             self._job.signal_group(signal.SIGKILL)
             return
         if stopping:
@@ -252,7 +269,8 @@ class CommandRun:
         self.close_stdin()
         status = self._status
         reason = _reason(status, self._stop_reason)
-        message = status.error or _REASON_TEXT.get(reason, "").format(limits=self._limits)
+        message = (status.error or (self._stop_message if reason is self._stop_reason else "")
+                   or _REASON_TEXT.get(reason, "").format(limits=self._limits))
         exit = Exit(
             reason=reason, exit_code=status.exit_code, signal=status.signal,
             message=message,
@@ -295,6 +313,7 @@ def _reason(status: ExitStatus, stopped: ExitReason | None) -> ExitReason:
 
 _REASON_TEXT = {
     ExitReason.TIMEOUT: "stopped at its deadline of {limits.timeout:g}s",
+    ExitReason.IDLE_TIMEOUT: "stopped after {limits.idle_timeout:g}s without output",
     ExitReason.OUTPUT_LIMIT: "stopped when its output passed {limits.output_limit_bytes} bytes",
     ExitReason.CANCELLED: "cancelled by the caller",
     ExitReason.DAEMON_STOPPING: "stopped because the daemon is stopping",
@@ -315,7 +334,8 @@ class FunctionRun:
         self._on_exit: OnExit | None = on_exit
         self._clock = clock
         self._started = clock()
-        self._stopped: asyncio.Future[ExitReason] = asyncio.get_running_loop().create_future()
+        self._stopped: asyncio.Future[tuple[ExitReason, str]] = (
+            asyncio.get_running_loop().create_future())
 
     async def events(self) -> AsyncIterator[RunEvent]:
         """The tool's result as stdout chunks, then the Exit."""
@@ -337,8 +357,8 @@ class FunctionRun:
             data = work.result()
             exit = Exit(reason=ExitReason.EXITED, stdout_bytes=len(data))
         elif self._stopped.done():
-            reason = self._stopped.result()
-            exit = Exit(reason=reason, exit_code=1, message=_REASON_TEXT[reason])
+            reason, message = self._stopped.result()
+            exit = Exit(reason=reason, exit_code=1, message=message)
         else:
             exit = Exit(reason=ExitReason.TIMEOUT, exit_code=1,
                         message=f"stopped at its deadline of {self._plan.limits.timeout:g}s")
@@ -362,10 +382,10 @@ class FunctionRun:
         self._finish(Exit(reason=ExitReason.CANCELLED, exit_code=1,
                           message=_REASON_TEXT[ExitReason.CANCELLED]))
 
-    def stop(self, reason: ExitReason) -> None:
-        """End the call for ``reason`` without its result."""
+    def stop(self, reason: ExitReason, message: str = "") -> None:
+        """End the call for ``reason`` (``message`` says more) without its result."""
         if not self._stopped.done():
-            self._stopped.set_result(reason)
+            self._stopped.set_result((reason, message or _REASON_TEXT[reason]))
 
     def _finish(self, exit: Exit) -> Exit:
         """``exit`` with its wall time; the first one is recorded."""

@@ -208,6 +208,9 @@ class ToolConfig(_Strict):
     """Fixed environment variables for commands, checked like a request's."""
     kill_grace: Duration = 2.0
     """Seconds between SIGTERM and SIGKILL when a run is stopped."""
+    idle_timeout: Duration | None = None
+    """Command tools: a run that writes nothing for this long is stopped with reason
+    IDLE_TIMEOUT (a hung prompt, a stuck network read); unset means no bound."""
     sandbox: SandboxOverride | None = None
     """This tool's changes to the policy-wide sandbox (command tools)."""
 
@@ -488,6 +491,32 @@ class ApprovalsConfig(_Strict):
     """Whether a caller may approve its own request; false is four-eyes."""
 
 
+class RunsConfig(_Strict):
+    """Runs that outlive their connection: replay, retention, detached runs and their caps."""
+
+    replay_bytes: Size = 4 * 1024**2
+    """Output kept per run (stdout and stderr together) for AttachRun; past it the first
+    quarter (the head) and the latest output (the tail) are kept, and what lay between is
+    counted as dropped. Also what a detached run costs the daemon at most."""
+    retention: Duration = 600.0
+    """How long a run's exit and buffer stay attachable after it ended."""
+    detached_max_time: Duration = 3600.0
+    """How long a detached run may go on with nobody attached (reattaching starts it over);
+    then it is stopped with reason TIMEOUT. Its tool's max_execution_time still applies."""
+    heartbeat_interval: Duration = 15.0
+    """A quiet Execute or AttachRun stream gets a heartbeat message this often."""
+    max_running_per_principal: Count = 32
+    """Runs one principal may have going at once (server.max_concurrent_runs is the total)."""
+    max_detached: Count = 64
+    """Detached runs going at once, for the whole daemon."""
+    max_detached_per_principal: Count = 16
+    """Detached runs one principal may have going at once."""
+    max_pending_approvals_per_principal: Count = 32
+    """Approvals one principal may have waiting at once."""
+    operators: list[AccessRule] = Field(default_factory=list)
+    """Principals that may list, attach, signal and cancel everyone's runs."""
+
+
 class AuditFileConfig(_Strict):
     """An append-only, hash-chained audit file, written whatever the log level
     (``execgated verify-audit`` checks it)."""
@@ -557,6 +586,8 @@ class PolicyConfig(_Strict):
     """Kernel confinement of every command (a tool may change it)."""
     approvals: ApprovalsConfig = ApprovalsConfig()
     """Human approval: how long a request waits and who may decide it."""
+    runs: RunsConfig = RunsConfig()
+    """Runs that outlive their connection: replay buffer, retention, detached runs, caps."""
     llms: Any = _ignored("an LLM platform's model settings.")
 
     def sandbox_for(self, tool: str) -> SandboxConfig:

@@ -90,7 +90,7 @@ class Policy:
                          f"tools.{tool_name}.max_execution_time")
         timeout = maximum if not requested else min(requested, maximum)
         return Limits(timeout=timeout, output_limit_bytes=tool.max_output_bytes,
-                      kill_grace=tool.kill_grace)
+                      kill_grace=tool.kill_grace, idle_timeout=tool.idle_timeout)
 
     def _command(self, agent_name: str, tool_name: str, tool: ToolConfig, call: ToolCall,
                  limits: Limits) -> CommandPlan:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from execgate.daemon.approvals import Pending
-from execgate.daemon.model import CommandPlan, Exit, Output, Plan, Stream, ToolCall
+from execgate.daemon.calls import RunEntry
+from execgate.daemon.model import CommandPlan, Exit, Output, Plan, RunEvent, Stream, ToolCall
+from execgate.daemon.replay import Heartbeat
 from execgate.daemon.sandbox import Layers
 from execgate.v1 import exec_pb2
 
@@ -20,10 +22,9 @@ def tool_call(start: exec_pb2.StartCall) -> ToolCall:
                     timeout=timeout, stdin=start.stdin)
 
 
-def accepted(run_id: str, plan: Plan, layers: Layers | None) -> exec_pb2.ExecuteResponse:
+def accepted(run_id: str, plan: Plan, layers: Layers | None) -> exec_pb2.Accepted:
     """The ``accepted`` message: the run id and the exact plan, with its confinement."""
-    return exec_pb2.ExecuteResponse(accepted=exec_pb2.Accepted(
-        run_id=run_id, plan=plan_message(plan, layers)))
+    return exec_pb2.Accepted(run_id=run_id, plan=plan_message(plan, layers))
 
 
 def approval_request(pending: Pending, layers: Layers | None) -> exec_pb2.ApprovalRequest:
@@ -66,13 +67,46 @@ def plan_message(plan: Plan, layers: Layers | None) -> exec_pb2.Plan:
     return message
 
 
-def output(event: Output) -> exec_pb2.ExecuteResponse:
+def execute_response(event: RunEvent | Heartbeat) -> exec_pb2.ExecuteResponse:
+    """One event of a run on its Execute stream."""
+    if isinstance(event, Output):
+        return exec_pb2.ExecuteResponse(output=output(event))
+    if isinstance(event, Exit):
+        return exec_pb2.ExecuteResponse(exit=exit_message(event))
+    return exec_pb2.ExecuteResponse(heartbeat=exec_pb2.Heartbeat())
+
+
+def attach_response(event: RunEvent | Heartbeat) -> exec_pb2.AttachRunResponse:
+    """One event of a run on an AttachRun stream."""
+    if isinstance(event, Output):
+        return exec_pb2.AttachRunResponse(output=output(event))
+    if isinstance(event, Exit):
+        return exec_pb2.AttachRunResponse(exit=exit_message(event))
+    return exec_pb2.AttachRunResponse(heartbeat=exec_pb2.Heartbeat())
+
+
+def run_info(entry: RunEntry) -> exec_pb2.RunInfo:
+    """What ListRuns says of one run."""
+    plan, replay = entry.plan, entry.replay
+    message = exec_pb2.RunInfo(
+        run_id=entry.id,
+        state=exec_pb2.RUN_STATE_RUNNING if entry.exit is None else exec_pb2.RUN_STATE_EXITED,
+        subject=entry.principal.subject, agent=plan.agent, tool=plan.tool,
+        argv=plan_message(plan, None).argv, stdout_bytes=replay.offsets[Stream.STDOUT],
+        stderr_bytes=replay.offsets[Stream.STDERR], detached=entry.detached,
+        attached=replay.readers, replay_dropped_bytes=sum(replay.dropped.values()))
+    message.started_at.FromNanoseconds(round(entry.started_at * 1e9))
+    if entry.exit is not None:
+        message.exit.CopyFrom(exit_message(entry.exit))
+    return message
+
+
+def output(event: Output) -> exec_pb2.Output:
     """One output chunk."""
-    return exec_pb2.ExecuteResponse(output=exec_pb2.Output(
-        stream=_STREAM[event.stream], offset=event.offset, data=event.data))
+    return exec_pb2.Output(stream=_STREAM[event.stream], offset=event.offset, data=event.data)
 
 
-def exit_message(event: Exit) -> exec_pb2.ExecuteResponse:
+def exit_message(event: Exit) -> exec_pb2.Exit:
     """The final message of a run."""
     message = exec_pb2.Exit(
         reason=exec_pb2.ExitReason.Value(f"EXIT_REASON_{event.reason.name}"),
@@ -83,5 +117,5 @@ def exit_message(event: Exit) -> exec_pb2.ExecuteResponse:
     message.wall_time.FromNanoseconds(round(event.wall_time * 1e9))
     message.user_time.FromNanoseconds(round(event.user_time * 1e9))
     message.system_time.FromNanoseconds(round(event.system_time * 1e9))
-    return exec_pb2.ExecuteResponse(exit=message)
+    return message
 

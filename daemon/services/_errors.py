@@ -27,6 +27,7 @@ STATUS = {
     DenialKind.APPROVAL_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     DenialKind.APPROVAL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     DenialKind.APPROVAL_EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
+    DenialKind.RUN_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
 }
 
 

@@ -1,9 +1,9 @@
-"""ExecService: one tool call, a straight line from the first message to the exit.
+"""ExecService: gRPC messages in and out of the call pipeline (``execgate.daemon.calls``).
 
-identity (interceptor) -> rate limit -> access -> policy -> approval -> run slot -> sandbox
--> stream, each step audited. Run slots are taken after approval, so that a call waiting
-minutes for a person holds no slot; a slot is given back when its run has ended (not when
-its caller left), and that end is audited whether or not anyone still listens.
+Execute admits, approves and starts a call through the pipeline and streams its run;
+AttachRun streams a run again from offsets; ListRuns, CancelRun and SignalRun act on the
+registry. Nothing here decides anything: the pipeline does, and every refusal comes back as
+a Denial through the one status table.
 
 The caller's stream is read by a task of its own for the whole call. That task is never
 cancelled: grpc.aio leaks native memory for a read cancelled in flight (grpc/grpc#43360).
@@ -16,39 +16,32 @@ import asyncio
 import contextlib
 import traceback
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
+from grpc._cython import cygrpc
 
 from execgate.daemon.approvals import Approvals, Pending
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal
+from execgate.daemon.calls import MAX_SIGNAL, Admitted, Calls
 from execgate.daemon.limits import RunSlots
-from execgate.daemon.model import (
-    CommandPlan,
-    Denial,
-    DenialKind,
-    Exit,
-    ExitReason,
-    FunctionPlan,
-    Plan,
-    Principal,
-    ToolCall,
-)
-from execgate.daemon.runs import CommandRun, FunctionRun, OnExit, Run
-from execgate.daemon.sandbox import Layers, Spawner
+from execgate.daemon.model import Denial, DenialKind, Exit, Principal, ToolCall
+from execgate.daemon.runs import Run
+from execgate.daemon.sandbox import Spawner
 from execgate.daemon.services import _convert
 from execgate.daemon.services._errors import abort
 from execgate.daemon.snapshot import Current
 from execgate.v1 import exec_pb2, exec_pb2_grpc
 
-_MAX_SIGNAL = 64
+T = TypeVar("T")
 _PROTOCOL_ERRORS = {
     "start": "a second start on one Execute stream; the run was stopped",
     "stdin": "stdin sent, but start did not set stdin; the run was stopped",
-    "signal": f"signal must be between 1 and {_MAX_SIGNAL}; the run was stopped",
+    "signal": f"signal must be between 1 and {MAX_SIGNAL}; the run was stopped",
 }
 MAX_EARLY_STDIN = 4 * 1024 * 1024
 """stdin held while a call waits for approval; more is a protocol error."""
@@ -133,7 +126,7 @@ class _Control:
                 self._run.close_stdin()
             else:
                 self._early_closed = True
-        elif kind == "signal" and 0 < request.signal.signal <= _MAX_SIGNAL:
+        elif kind == "signal" and 0 < request.signal.signal <= MAX_SIGNAL:
             if self._run is not None:
                 self._run.send_signal(request.signal.signal)
         else:
@@ -142,19 +135,13 @@ class _Control:
 
 
 class ExecService(exec_pb2_grpc.ExecServiceServicer):
-    """Runs tool calls over bidirectional streams."""
+    """Runs tool calls over bidirectional streams, and serves the runs they leave."""
 
     def __init__(self, current: Current, slots: RunSlots, spawner: Spawner,
                  approvals: Approvals, audit: Audit) -> None:
         self._current = current
-        self._slots = slots
-        self._spawner = spawner
+        self._calls = Calls(slots, spawner, approvals, audit)
         self._approvals = approvals
-        self._audit = audit
-        self._runs: dict[str, Run] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._stopping = False
 
     # Overrides the generated signature: this handler writes with context.write, so that
     # the control task can read the stream while events are written.
@@ -162,68 +149,76 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        try:
-            await self._execute(request_iterator, context)
-        except grpc.aio.AbortError:  # the call already ended with its status
-            raise
-        except Denial as denial:
-            await abort(context, denial)
-        except Exception as exc:
-            if context.done():  # gRPC ended the call first (a message over the size limit, a
-                # caller gone): its status is sent, and answering again is what failed
-                log.debug("call.already_ended", error=type(exc).__name__)
-                return
-            # A bug: the caller gets a status that says so, never its text.
-            incident = uuid.uuid4().hex[:12]
-            log.error("call.failed", incident=incident, traceback=traceback.format_exc())
-            await abort(context, Denial(
-                DenialKind.UNAVAILABLE, f"the daemon failed while handling this call "
-                f"(incident {incident} in its log); retry, or report the incident"))
+        await _answered(context, self._execute(request_iterator, context))
+
+    async def AttachRun(  # type: ignore[override]
+        self, request: exec_pb2.AttachRunRequest, context: grpc.aio.ServicerContext,
+    ) -> None:
+        await _answered(context, self._attach(request, context))
+
+    async def ListRuns(self, request: exec_pb2.ListRunsRequest,
+                       context: grpc.aio.ServicerContext) -> exec_pb2.ListRunsResponse:
+        async def listed() -> exec_pb2.ListRunsResponse:
+            principal = current_principal.get()
+            runs = self._calls.visible(principal, self._current.get().config.runs)
+            return exec_pb2.ListRunsResponse(runs=[_convert.run_info(e) for e in runs])
+        return await _answered(context, listed())
+
+    async def CancelRun(self, request: exec_pb2.CancelRunRequest,
+                        context: grpc.aio.ServicerContext) -> exec_pb2.CancelRunResponse:
+        async def cancelled() -> exec_pb2.CancelRunResponse:
+            self._calls.cancel(current_principal.get(), request.run_id,
+                               self._current.get().config.runs)
+            return exec_pb2.CancelRunResponse()
+        return await _answered(context, cancelled())
+
+    async def SignalRun(self, request: exec_pb2.SignalRunRequest,
+                        context: grpc.aio.ServicerContext) -> exec_pb2.SignalRunResponse:
+        async def signalled() -> exec_pb2.SignalRunResponse:
+            self._calls.signal(current_principal.get(), request.run_id, request.signal,
+                               self._current.get().config.runs)
+            return exec_pb2.SignalRunResponse()
+        return await _answered(context, signalled())
 
     async def _execute(self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
                        context: grpc.aio.ServicerContext) -> None:
         principal = current_principal.get()
         snapshot = self._current.get()  # this call's policy, from its first step to its end
         requests = _decoded(request_iterator)
-        try:
-            first = await anext(requests, None)
-        except Denial as denial:
-            await abort(context, denial)
+        first = await anext(requests, None)
         if first is None or first.WhichOneof("request") != "start":
-            await abort(context, Denial(DenialKind.INVALID_ARGUMENT,
-                                        "the first message of Execute must be start"))
+            raise Denial(DenialKind.INVALID_ARGUMENT,
+                         "the first message of Execute must be start")
         call = _convert.tool_call(first.start)
-        try:
-            self._check_serving()
-            snapshot.limiter.check(principal)
-            agent_name, agent = snapshot.access.agent_for(principal, call.agent)
-            plan = snapshot.policy.plan(agent_name, agent, call)
-            # Before asking a human: a call the sandbox would refuse is refused now.
-            layers = self._spawner.layers(plan) if isinstance(plan, CommandPlan) else None
-            prompt = snapshot.policy.approval_prompt(plan)
-        except Denial as denial:
-            self._audit.denied(principal, call, denial)
-            await abort(context, denial)
+        admitted = self._calls.admit(principal, snapshot, call)
         control = _Control(call, principal, self._approvals)
         reader = asyncio.create_task(control.read(requests))
         reader.add_done_callback(_settled)
+        if admitted.prompt is not None:
+            await self._ask(context, control, reader, admitted)
+        entry = self._calls.start(admitted, detach=first.start.detach)
         try:
-            if prompt is not None:
-                await self._ask(context, control, reader, principal, plan, prompt, layers)
-            await self._run(context, control, reader, principal, call, plan, layers)
-        except Denial as denial:
-            await abort(context, denial)
+            await control.attach(entry.run)
+            await context.write(exec_pb2.ExecuteResponse(
+                accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
+            async for event in entry.read():
+                if isinstance(event, Exit) and reader.done() and isinstance(
+                        err := reader.exception(), Denial):
+                    raise err
+                await context.write(_convert.execute_response(event))
+        finally:
+            self._calls.left(entry, principal)
 
     async def _ask(self, context: grpc.aio.ServicerContext, control: _Control,
-                   reader: asyncio.Task[None], principal: Principal, plan: Plan, prompt: str,
-                   layers: Layers | None) -> None:
+                   reader: asyncio.Task[None], admitted: Admitted) -> None:
         """The policy's ask: the call waits for a decision; raises Denial unless approved.
         A caller that breaks the protocol meanwhile ends the wait (and the request)."""
-        pending = self._approvals.open(principal, plan, prompt)
-        control.pending = pending
-        await context.write(exec_pb2.ExecuteResponse(
-            approval_request=_convert.approval_request(pending, layers)))
-        decision = asyncio.ensure_future(self._approvals.wait(pending))
+        async def asked(pending: Pending) -> None:
+            control.pending = pending
+            await context.write(exec_pb2.ExecuteResponse(
+                approval_request=_convert.approval_request(pending, admitted.layers)))
+
+        decision = asyncio.ensure_future(self._calls.approve(admitted, asked))
         try:
             await asyncio.wait({decision, reader}, return_when=asyncio.FIRST_COMPLETED)
             if not decision.done() and reader.done() and reader.exception() is not None:
@@ -235,84 +230,55 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                 with contextlib.suppress(asyncio.CancelledError, Denial):
                     await decision
 
-    async def _run(self, context: grpc.aio.ServicerContext, control: _Control,
-                   reader: asyncio.Task[None], principal: Principal, call: ToolCall,
-                   plan: Plan, layers: Layers | None) -> None:
-        try:
-            self._check_serving()  # an approval may have been decided while it stopped
-            self._slots.acquire()
-        except Denial as denial:
-            self._audit.denied(principal, call, denial)
-            raise
-        run_id = uuid.uuid4().hex
-        try:
-            run = self._start(plan, layers, self._on_exit(run_id, principal))
-        except (OSError, Denial) as exc:
-            self._slots.release()
-            if isinstance(exc, Denial):
-                raise
-            raise Denial(DenialKind.UNAVAILABLE,
-                         f"could not start {plan.executable}: {exc.strerror}") from None
-        self._audit.started(run_id, principal, plan)
-        self._runs[run_id] = run
-        self._idle.clear()
-        try:
-            await control.attach(run)
-            await context.write(_convert.accepted(run_id, plan, run.layers))
-            async for event in run.events():
-                if isinstance(event, Exit):
-                    if reader.done() and isinstance(err := reader.exception(), Denial):
-                        raise err
-                    await context.write(_convert.exit_message(event))
-                else:
-                    await context.write(_convert.output(event))
-        finally:
-            run.cancel()  # a no-op once the run has exited
-
-    def _start(self, plan: Plan, layers: Layers | None, on_exit: OnExit) -> Run:
-        if isinstance(plan, FunctionPlan):
-            return FunctionRun(plan, on_exit)
-        assert layers is not None  # computed for every command plan, before any approval
-        return CommandRun.start(self._spawner, plan, layers, on_exit)
-
-    def _on_exit(self, run_id: str, principal: Principal) -> OnExit:
-        def ended(exit: Exit) -> None:
-            self._audit.exited(run_id, principal, exit)
-            if self._runs.pop(run_id, None) is not None:
-                self._slots.release()
-            if not self._runs:
-                self._idle.set()
-        return ended
-
-    def _check_serving(self) -> None:
-        if self._stopping:
-            raise Denial(DenialKind.UNAVAILABLE,
-                         "the daemon is draining to stop: it takes no new calls; retry when "
-                         "it is back (or on another instance)", "server.drain_timeout")
+    async def _attach(self, request: exec_pb2.AttachRunRequest,
+                      context: grpc.aio.ServicerContext) -> None:
+        principal = current_principal.get()
+        entry = self._calls.find(principal, request.run_id, self._current.get().config.runs)
+        self._calls.attached(entry, principal)
+        await context.write(exec_pb2.AttachRunResponse(
+            accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
+        async for event in entry.read(request.stdout_offset, request.stderr_offset):
+            await context.write(_convert.attach_response(event))
 
     @property
     def active_runs(self) -> int:
         """Runs in progress."""
-        return len(self._runs)
+        return self._calls.active_runs
 
     def refuse_new(self) -> None:
         """Draining: refuse new calls (and approved ones not started yet); runs go on."""
-        self._stopping = True
+        self._calls.refuse_new()
 
     def stop_all(self) -> None:
-        """Shutdown: refuse new calls and stop every run with DAEMON_STOPPING (SIGTERM, then
-        SIGKILL after the tool's kill grace); each caller gets its run's Exit."""
-        self._stopping = True
-        for run in list(self._runs.values()):
-            run.stop(ExitReason.DAEMON_STOPPING)
+        """Shutdown: refuse new calls and stop every run with DAEMON_STOPPING."""
+        self._calls.stop_all()
 
     async def wait_ended(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until every run has ended and been recorded."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await self._calls.wait_ended(timeout)
+
+
+async def _answered(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
+    """``work``'s result; a Denial becomes its status, and a bug a status that says so
+    (never its text): nothing reaches the caller as UNKNOWN."""
+    try:
+        return await work
+    except grpc.aio.AbortError:  # the call already ended with its status
+        raise
+    except Denial as denial:
+        await abort(context, denial)
+    except Exception as exc:
+        if context.done() or isinstance(exc, cygrpc.ExecuteBatchError):
+            # gRPC ended the call first (a message over the size limit, a caller gone): its
+            # status is sent, and answering again is what failed. A write to a call its
+            # caller has just cancelled fails so before context.done() says it is over.
+            log.debug("call.already_ended", error=type(exc).__name__)
+            raise asyncio.CancelledError from None
+        incident = uuid.uuid4().hex[:12]
+        log.error("call.failed", incident=incident, traceback=traceback.format_exc())
+        await abort(context, Denial(
+            DenialKind.UNAVAILABLE, f"the daemon failed while handling this call "
+            f"(incident {incident} in its log); retry, or report the incident"))
 
 
 def _settled(reader: asyncio.Task[None]) -> None:

@@ -21,6 +21,26 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _RunState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_STATE_UNSPECIFIED: _RunState.ValueType  # 0
+    RUN_STATE_RUNNING: _RunState.ValueType  # 1
+    RUN_STATE_EXITED: _RunState.ValueType  # 2
+    """Ended; its exit and buffer are kept for runs.retention."""
+
+class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
+    """RunState says whether a run is still going."""
+
+RUN_STATE_UNSPECIFIED: RunState.ValueType  # 0
+RUN_STATE_RUNNING: RunState.ValueType  # 1
+RUN_STATE_EXITED: RunState.ValueType  # 2
+"""Ended; its exit and buffer are kept for runs.retention."""
+Global___RunState: _TypeAlias = RunState  # noqa: Y015
+
 class _Stream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -66,6 +86,8 @@ class _ExitReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitReason
     """The sandbox could not set the job up; nothing ran. See message."""
     EXIT_REASON_DAEMON_STOPPING: _ExitReason.ValueType  # 10
     """The daemon was told to stop (SIGTERM, SIGINT) and stopped the command."""
+    EXIT_REASON_IDLE_TIMEOUT: _ExitReason.ValueType  # 11
+    """The command wrote nothing for its tool's idle_timeout and was stopped."""
 
 class ExitReason(_ExitReason, metaclass=_ExitReasonEnumTypeWrapper):
     """ExitReason says why a run ended."""
@@ -91,6 +113,8 @@ EXIT_REASON_SANDBOX_ERROR: ExitReason.ValueType  # 9
 """The sandbox could not set the job up; nothing ran. See message."""
 EXIT_REASON_DAEMON_STOPPING: ExitReason.ValueType  # 10
 """The daemon was told to stop (SIGTERM, SIGINT) and stopped the command."""
+EXIT_REASON_IDLE_TIMEOUT: ExitReason.ValueType  # 11
+"""The command wrote nothing for its tool's idle_timeout and was stopped."""
 Global___ExitReason: _TypeAlias = ExitReason  # noqa: Y015
 
 @_typing.final
@@ -227,6 +251,7 @@ class StartCall(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
+    DETACH_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """The agent making the call. May be empty when the caller can use exactly one agent."""
     tool: _builtins.str
@@ -235,6 +260,10 @@ class StartCall(_message.Message):
     """Working directory relative to the tool's working_directory; empty means its root."""
     stdin: _builtins.bool
     """Whether stdin bytes follow on this stream; if false the command's stdin is /dev/null."""
+    detach: _builtins.bool
+    """Keep running when this stream ends (AttachRun reads it again), bounded by the policy's
+    runs.detached_max_time; otherwise a stream that ends early kills the run.
+    """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv for command tools: argv[0] is a bare command name, resolved by the daemon."""
@@ -264,10 +293,11 @@ class StartCall(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
         stdin: _builtins.bool = ...,
+        detach: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments", b"arguments", "argv", b"argv", "cwd", b"cwd", "env", b"env", "stdin", b"stdin", "timeout", b"timeout", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments", b"arguments", "argv", b"argv", "cwd", b"cwd", "detach", b"detach", "env", b"env", "stdin", b"stdin", "timeout", b"timeout", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -322,6 +352,7 @@ class ExecuteResponse(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
     APPROVAL_REQUEST_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accepted(self) -> Global___Accepted:
         """The call passed the policy and is running."""
@@ -338,6 +369,10 @@ class ExecuteResponse(_message.Message):
     def approval_request(self) -> Global___ApprovalRequest:
         """The call waits for a human: nothing runs until it is approved."""
 
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """Nothing else to say for a while: the run and the connection are alive."""
+
     def __init__(
         self,
         *,
@@ -345,16 +380,288 @@ class ExecuteResponse(_message.Message):
         output: Global___Output | None = ...,
         exit: Global___Exit | None = ...,
         approval_request: Global___ApprovalRequest | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "approval_request", b"approval_request", "exit", b"exit", "output", b"output", "response", b"response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "approval_request", b"approval_request", "exit", b"exit", "heartbeat", b"heartbeat", "output", b"output", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "approval_request", b"approval_request", "exit", b"exit", "output", b"output", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "approval_request", b"approval_request", "exit", b"exit", "heartbeat", b"heartbeat", "output", b"output", "response", b"response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["accepted", "output", "exit", "approval_request"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["accepted", "output", "exit", "approval_request", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 
 Global___ExecuteResponse: _TypeAlias = ExecuteResponse  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """Heartbeat is sent on a quiet stream every runs.heartbeat_interval, so that proxies and
+    clients can tell a quiet run from a dead connection.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class AttachRunRequest(_message.Message):
+    """AttachRunRequest names a run and where to start reading its output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STDOUT_OFFSET_FIELD_NUMBER: _builtins.int
+    STDERR_OFFSET_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    stdout_offset: _builtins.int
+    """First stdout byte wanted; bytes before it are not sent."""
+    stderr_offset: _builtins.int
+    """First stderr byte wanted."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        stdout_offset: _builtins.int = ...,
+        stderr_offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "stderr_offset", b"stderr_offset", "stdout_offset", b"stdout_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachRunRequest: _TypeAlias = AttachRunRequest  # noqa: Y015
+
+@_typing.final
+class AttachRunResponse(_message.Message):
+    """AttachRunResponse is one message of an attached run: `accepted` first, then output
+    (bytes the replay buffer no longer holds are skipped: offsets jump), then one `exit`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    EXIT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accepted(self) -> Global___Accepted: ...
+    @_builtins.property
+    def output(self) -> Global___Output: ...
+    @_builtins.property
+    def exit(self) -> Global___Exit: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
+    def __init__(
+        self,
+        *,
+        accepted: Global___Accepted | None = ...,
+        output: Global___Output | None = ...,
+        exit: Global___Exit | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "exit", b"exit", "heartbeat", b"heartbeat", "output", b"output", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "exit", b"exit", "heartbeat", b"heartbeat", "output", b"output", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["accepted", "output", "exit", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___AttachRunResponse: _TypeAlias = AttachRunResponse  # noqa: Y015
+
+@_typing.final
+class ListRunsRequest(_message.Message):
+    """ListRunsRequest asks for the caller's runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListRunsResponse(_message.Message):
+    """ListRunsResponse lists runs, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunInfo]: ...
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___RunInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
+
+@_typing.final
+class RunInfo(_message.Message):
+    """RunInfo describes one run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    STDOUT_BYTES_FIELD_NUMBER: _builtins.int
+    STDERR_BYTES_FIELD_NUMBER: _builtins.int
+    DETACHED_FIELD_NUMBER: _builtins.int
+    ATTACHED_FIELD_NUMBER: _builtins.int
+    REPLAY_DROPPED_BYTES_FIELD_NUMBER: _builtins.int
+    EXIT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    state: Global___RunState.ValueType
+    subject: _builtins.str
+    """Who started it."""
+    agent: _builtins.str
+    tool: _builtins.str
+    stdout_bytes: _builtins.int
+    stderr_bytes: _builtins.int
+    detached: _builtins.bool
+    """Whether it keeps running when its callers go away."""
+    attached: _builtins.int
+    """Streams reading it now."""
+    replay_dropped_bytes: _builtins.int
+    """Output bytes the replay buffer no longer holds (between its head and its tail)."""
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def exit(self) -> Global___Exit:
+        """Set once the run has ended."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        state: Global___RunState.ValueType = ...,
+        subject: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        tool: _builtins.str = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        stdout_bytes: _builtins.int = ...,
+        stderr_bytes: _builtins.int = ...,
+        detached: _builtins.bool = ...,
+        attached: _builtins.int = ...,
+        replay_dropped_bytes: _builtins.int = ...,
+        exit: Global___Exit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "argv", b"argv", "attached", b"attached", "detached", b"detached", "exit", b"exit", "replay_dropped_bytes", b"replay_dropped_bytes", "run_id", b"run_id", "started_at", b"started_at", "state", b"state", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "subject", b"subject", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunInfo: _TypeAlias = RunInfo  # noqa: Y015
+
+@_typing.final
+class CancelRunRequest(_message.Message):
+    """CancelRunRequest names the run to stop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunResponse(_message.Message):
+    """CancelRunResponse: the run is being stopped; its exit says when it ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
+
+@_typing.final
+class SignalRunRequest(_message.Message):
+    """SignalRunRequest names a run and a signal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    signal: _builtins.int
+    """Signal number, between 1 and 64."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        signal: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalRunRequest: _TypeAlias = SignalRunRequest  # noqa: Y015
+
+@_typing.final
+class SignalRunResponse(_message.Message):
+    """SignalRunResponse: the signal was sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalRunResponse: _TypeAlias = SignalRunResponse  # noqa: Y015
 
 @_typing.final
 class ApprovalRequest(_message.Message):

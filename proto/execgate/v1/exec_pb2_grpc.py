@@ -41,6 +41,26 @@ class ExecServiceStub:
                 request_serializer=execgate_dot_v1_dot_exec__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=execgate_dot_v1_dot_exec__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.AttachRun = channel.unary_stream(
+                '/execgate.v1.ExecService/AttachRun',
+                request_serializer=execgate_dot_v1_dot_exec__pb2.AttachRunRequest.SerializeToString,
+                response_deserializer=execgate_dot_v1_dot_exec__pb2.AttachRunResponse.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/execgate.v1.ExecService/ListRuns',
+                request_serializer=execgate_dot_v1_dot_exec__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=execgate_dot_v1_dot_exec__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/execgate.v1.ExecService/CancelRun',
+                request_serializer=execgate_dot_v1_dot_exec__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=execgate_dot_v1_dot_exec__pb2.CancelRunResponse.FromString,
+                _registered_method=True)
+        self.SignalRun = channel.unary_unary(
+                '/execgate.v1.ExecService/SignalRun',
+                request_serializer=execgate_dot_v1_dot_exec__pb2.SignalRunRequest.SerializeToString,
+                response_deserializer=execgate_dot_v1_dot_exec__pb2.SignalRunResponse.FromString,
+                _registered_method=True)
 
 
 class ExecServiceServicer:
@@ -60,6 +80,37 @@ class ExecServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachRun(self, request, context):
+        """AttachRun streams one of the caller's runs from the given offsets: what its replay
+        buffer still holds, then live output, then its exit. A run that ended stays
+        attachable for the policy's runs.retention. A run the caller may not see is NOT_FOUND,
+        the same answer as for an id that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """ListRuns lists the caller's runs (all runs, for an operator), running and retained.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """CancelRun stops a run: SIGTERM to its whole tree, SIGKILL after the tool's kill_grace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignalRun(self, request, context):
+        """SignalRun sends a signal to a run's process group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -67,6 +118,26 @@ def add_ExecServiceServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=execgate_dot_v1_dot_exec__pb2.ExecuteRequest.FromString,
                     response_serializer=execgate_dot_v1_dot_exec__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'AttachRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.AttachRun,
+                    request_deserializer=execgate_dot_v1_dot_exec__pb2.AttachRunRequest.FromString,
+                    response_serializer=execgate_dot_v1_dot_exec__pb2.AttachRunResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=execgate_dot_v1_dot_exec__pb2.ListRunsRequest.FromString,
+                    response_serializer=execgate_dot_v1_dot_exec__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=execgate_dot_v1_dot_exec__pb2.CancelRunRequest.FromString,
+                    response_serializer=execgate_dot_v1_dot_exec__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'SignalRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalRun,
+                    request_deserializer=execgate_dot_v1_dot_exec__pb2.SignalRunRequest.FromString,
+                    response_serializer=execgate_dot_v1_dot_exec__pb2.SignalRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -98,6 +169,114 @@ class ExecService:
             '/execgate.v1.ExecService/Execute',
             execgate_dot_v1_dot_exec__pb2.ExecuteRequest.SerializeToString,
             execgate_dot_v1_dot_exec__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/execgate.v1.ExecService/AttachRun',
+            execgate_dot_v1_dot_exec__pb2.AttachRunRequest.SerializeToString,
+            execgate_dot_v1_dot_exec__pb2.AttachRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execgate.v1.ExecService/ListRuns',
+            execgate_dot_v1_dot_exec__pb2.ListRunsRequest.SerializeToString,
+            execgate_dot_v1_dot_exec__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execgate.v1.ExecService/CancelRun',
+            execgate_dot_v1_dot_exec__pb2.CancelRunRequest.SerializeToString,
+            execgate_dot_v1_dot_exec__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execgate.v1.ExecService/SignalRun',
+            execgate_dot_v1_dot_exec__pb2.SignalRunRequest.SerializeToString,
+            execgate_dot_v1_dot_exec__pb2.SignalRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

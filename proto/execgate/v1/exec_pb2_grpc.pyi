@@ -43,6 +43,18 @@ class ExecServiceStub:
     trailing metadata names the refusal (`execgate-error`) and the rule
     (`execgate-rule`).
     """
+    AttachRun: _grpc.UnaryStreamMultiCallable[_exec_pb2.AttachRunRequest, _exec_pb2.AttachRunResponse]
+    """AttachRun streams one of the caller's runs from the given offsets: what its replay
+    buffer still holds, then live output, then its exit. A run that ended stays
+    attachable for the policy's runs.retention. A run the caller may not see is NOT_FOUND,
+    the same answer as for an id that does not exist.
+    """
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_exec_pb2.ListRunsRequest, _exec_pb2.ListRunsResponse]
+    """ListRuns lists the caller's runs (all runs, for an operator), running and retained."""
+    CancelRun: _grpc.UnaryUnaryMultiCallable[_exec_pb2.CancelRunRequest, _exec_pb2.CancelRunResponse]
+    """CancelRun stops a run: SIGTERM to its whole tree, SIGKILL after the tool's kill_grace."""
+    SignalRun: _grpc.UnaryUnaryMultiCallable[_exec_pb2.SignalRunRequest, _exec_pb2.SignalRunResponse]
+    """SignalRun sends a signal to a run's process group."""
 
 @_typing.type_check_only
 class ExecServiceAsyncStub(ExecServiceStub):
@@ -59,6 +71,18 @@ class ExecServiceAsyncStub(ExecServiceStub):
     trailing metadata names the refusal (`execgate-error`) and the rule
     (`execgate-rule`).
     """
+    AttachRun: _aio.UnaryStreamMultiCallable[_exec_pb2.AttachRunRequest, _exec_pb2.AttachRunResponse]  # type: ignore[assignment]
+    """AttachRun streams one of the caller's runs from the given offsets: what its replay
+    buffer still holds, then live output, then its exit. A run that ended stays
+    attachable for the policy's runs.retention. A run the caller may not see is NOT_FOUND,
+    the same answer as for an id that does not exist.
+    """
+    ListRuns: _aio.UnaryUnaryMultiCallable[_exec_pb2.ListRunsRequest, _exec_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """ListRuns lists the caller's runs (all runs, for an operator), running and retained."""
+    CancelRun: _aio.UnaryUnaryMultiCallable[_exec_pb2.CancelRunRequest, _exec_pb2.CancelRunResponse]  # type: ignore[assignment]
+    """CancelRun stops a run: SIGTERM to its whole tree, SIGKILL after the tool's kill_grace."""
+    SignalRun: _aio.UnaryUnaryMultiCallable[_exec_pb2.SignalRunRequest, _exec_pb2.SignalRunResponse]  # type: ignore[assignment]
+    """SignalRun sends a signal to a run's process group."""
 
 class ExecServiceServicer(metaclass=_abc_1.ABCMeta):
     """ExecService runs tool calls: it checks each call against the daemon's policy,
@@ -78,5 +102,41 @@ class ExecServiceServicer(metaclass=_abc_1.ABCMeta):
         trailing metadata names the refusal (`execgate-error`) and the rule
         (`execgate-rule`).
         """
+
+    @_abc_1.abstractmethod
+    def AttachRun(
+        self,
+        request: _exec_pb2.AttachRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_exec_pb2.AttachRunResponse], _abc.AsyncIterator[_exec_pb2.AttachRunResponse]]:
+        """AttachRun streams one of the caller's runs from the given offsets: what its replay
+        buffer still holds, then live output, then its exit. A run that ended stays
+        attachable for the policy's runs.retention. A run the caller may not see is NOT_FOUND,
+        the same answer as for an id that does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _exec_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exec_pb2.ListRunsResponse, _abc.Awaitable[_exec_pb2.ListRunsResponse]]:
+        """ListRuns lists the caller's runs (all runs, for an operator), running and retained."""
+
+    @_abc_1.abstractmethod
+    def CancelRun(
+        self,
+        request: _exec_pb2.CancelRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exec_pb2.CancelRunResponse, _abc.Awaitable[_exec_pb2.CancelRunResponse]]:
+        """CancelRun stops a run: SIGTERM to its whole tree, SIGKILL after the tool's kill_grace."""
+
+    @_abc_1.abstractmethod
+    def SignalRun(
+        self,
+        request: _exec_pb2.SignalRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exec_pb2.SignalRunResponse, _abc.Awaitable[_exec_pb2.SignalRunResponse]]:
+        """SignalRun sends a signal to a run's process group."""
 
 def add_ExecServiceServicer_to_server(servicer: ExecServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

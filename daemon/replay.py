@@ -1,0 +1,173 @@
+"""A run's output kept for whoever reads it, now or later: a bounded replay buffer.
+
+Every chunk a run writes is appended here, whoever listens; readers (the caller's stream,
+AttachRun) read from the stream offsets they ask for, at their own pace. The buffer holds
+at most ``capacity`` bytes: the first quarter of the output (the head: how it started) and
+the latest (the tail: how it is going); what lay between is dropped and counted per stream,
+and a reader sees the jump in the offsets.
+
+Back pressure: while an attached reader lags more than ``HIGH_WATER`` bytes behind, the
+pump waits (``room``), so a slow caller slows the command instead of losing its output, as
+when it read the pipes itself. A run nobody reads is read at full speed into the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from execgate.daemon.model import Exit, Output, RunEvent, Stream
+
+HIGH_WATER = 2 * 1024 * 1024
+"""Bytes a reader may lag behind before the run's output waits for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Nothing new for a while: the run (and the reader) are alive."""
+
+
+@dataclass(eq=False)
+class _Cursor:
+    """Where one reader is: the next chunk's sequence number and each stream's offset."""
+
+    seq: int
+    offsets: dict[Stream, int] = field(default_factory=dict)
+
+    @property
+    def position(self) -> int:
+        return sum(self.offsets.values())
+
+
+class Replay:
+    """The output and exit of one run, for any number of readers."""
+
+    def __init__(self, capacity: int) -> None:
+        self._head_room = capacity // 4
+        self._tail_room = capacity - self._head_room
+        self._head: list[Output] = []
+        self._head_bytes = 0
+        self._tail: deque[Output] = deque()
+        self._tail_bytes = 0
+        self._tail_seq = 0
+        """Sequence number of the tail's first chunk; the head's are their indexes."""
+        self._head_full = False
+        self.offsets = {Stream.STDOUT: 0, Stream.STDERR: 0}
+        """Bytes each stream has written so far."""
+        self.dropped = {Stream.STDOUT: 0, Stream.STDERR: 0}
+        """Bytes of each stream no longer held (between the head and the tail)."""
+        self.exit: Exit | None = None
+        self._cursors: set[_Cursor] = set()
+        self._news: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def readers(self) -> int:
+        """Readers attached now."""
+        return len(self._cursors)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of output held for readers."""
+        return self._head_bytes + self._tail_bytes
+
+    def append(self, chunk: Output) -> None:
+        """Keep ``chunk`` (the next bytes of its stream)."""
+        self.offsets[chunk.stream] = chunk.offset + len(chunk.data)
+        if not self._head_full:
+            room = self._head_room - self._head_bytes
+            if len(chunk.data) <= room:
+                self._head.append(chunk)
+                self._head_bytes += len(chunk.data)
+                self._tail_seq = len(self._head)
+                self._wake()
+                return
+            self._head_full = True
+            if room > 0:  # split: what fits ends the head, the rest starts the tail
+                self._head.append(replace(chunk, data=chunk.data[:room]))
+                self._head_bytes += room
+                chunk = Output(chunk.stream, chunk.offset + room, chunk.data[room:])
+            self._tail_seq = len(self._head)
+        self._tail.append(chunk)
+        self._tail_bytes += len(chunk.data)
+        self._trim()
+        self._wake()
+
+    def finish(self, exit: Exit) -> None:
+        """The run ended: readers get ``exit`` after the output."""
+        self.exit = exit
+        self._wake()
+
+    async def room(self) -> None:
+        """Wait while an attached reader lags too far behind."""
+        while any(self._lag(c) >= HIGH_WATER for c in self._cursors):
+            await asyncio.shield(self._news)
+
+    async def read(self, stdout_offset: int, stderr_offset: int,
+                   heartbeat: float | None = None) -> AsyncIterator[RunEvent | Heartbeat]:
+        """Output from these offsets on (what is still held, then live), then the exit; a
+        Heartbeat after each ``heartbeat`` seconds without either."""
+        cursor = _Cursor(0, {Stream.STDOUT: stdout_offset, Stream.STDERR: stderr_offset})
+        self._cursors.add(cursor)
+        try:
+            while True:
+                chunk = self._next(cursor)
+                if chunk is not None:
+                    yield chunk
+                    self._wake()  # the pump may be waiting for this reader
+                    continue
+                if self.exit is not None:
+                    yield self.exit
+                    return
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._news), heartbeat)
+                except TimeoutError:
+                    yield Heartbeat()
+        finally:
+            self._cursors.discard(cursor)
+            self._wake()
+
+    def _next(self, cursor: _Cursor) -> Output | None:
+        """The next chunk ``cursor`` has not seen, cut to its offsets; advances it."""
+        while True:
+            if cursor.seq < len(self._head):
+                chunk = self._head[cursor.seq]
+            else:
+                cursor.seq = max(cursor.seq, self._tail_seq)  # a dropped stretch: jump it
+                index = cursor.seq - self._tail_seq
+                if index >= len(self._tail):
+                    return None
+                chunk = self._tail[index]
+            cursor.seq += 1
+            end = chunk.offset + len(chunk.data)
+            wanted = cursor.offsets[chunk.stream]
+            if end <= wanted:
+                continue
+            cursor.offsets[chunk.stream] = end
+            if chunk.offset < wanted:
+                return Output(chunk.stream, wanted, chunk.data[wanted - chunk.offset:])
+            return chunk
+
+    def _trim(self) -> None:
+        while self._tail_bytes > self._tail_room:
+            first = self._tail[0]
+            excess = self._tail_bytes - self._tail_room
+            if len(first.data) <= excess:
+                self._tail.popleft()
+                self._tail_seq += 1
+                cut = len(first.data)
+            else:  # drop the chunk's beginning only
+                self._tail[0] = Output(first.stream, first.offset + excess,
+                                       first.data[excess:])
+                cut = excess
+            self._tail_bytes -= cut
+            self.dropped[first.stream] += cut
+
+    def _lag(self, cursor: _Cursor) -> int:
+        return sum(self.offsets.values()) - cursor.position
+
+    def _wake(self) -> None:
+        if not self._news.done():
+            self._news.set_result(None)
+        self._news = asyncio.get_running_loop().create_future()
