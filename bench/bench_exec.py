@@ -17,17 +17,24 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from execgate.client import AsyncClient, Client
+from bench._common import (
+    async_round_trips,
+    concurrent_runs,
+    local_pipe,
+    local_true,
+    percentile,
+    rss_peak,
+    stream_bytes,
+)
+from execgate.client import Client
 from tests.conftest import API_KEY, start_daemon
 
 POLICY = """\
@@ -63,26 +70,9 @@ BYTES = 100_000_000
 
 
 def percentiles(samples: list[float]) -> str:
-    s = sorted(samples)
-    p50, p99 = s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.99))]
-    return f"p50 {p50 * 1e3:.3f} ms  p99 {p99 * 1e3:.3f} ms  mean {statistics.mean(s) * 1e3:.3f} ms"
-
-
-async def async_round_trips(target: str, calls: int, tool: str = "shell",
-                            pause: float = 0.0) -> list[float]:
-    """Round trips back to back, or with ``pause`` seconds between calls (a caller that
-    does something with each result, as agents do)."""
-    async with AsyncClient(target, token=API_KEY) as c:
-        for _ in range(50):
-            await c.run(["true"], tool=tool)
-        samples = []
-        for _ in range(calls):
-            if pause:
-                await asyncio.sleep(pause)
-            t = time.perf_counter()
-            await c.run(["true"], tool=tool)
-            samples.append(time.perf_counter() - t)
-    return samples
+    p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+    return (f"p50 {p50 * 1e3:.3f} ms  p99 {p99 * 1e3:.3f} ms  "
+            f"mean {statistics.mean(samples) * 1e3:.3f} ms")
 
 
 def sync_round_trips(target: str, calls: int) -> list[float]:
@@ -95,55 +85,6 @@ def sync_round_trips(target: str, calls: int) -> list[float]:
             c.run(["true"], tool="shell")
             samples.append(time.perf_counter() - t)
     return samples
-
-
-def local_true(calls: int) -> list[float]:
-    samples = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        subprocess.run(["/bin/true"], check=True)
-        samples.append(time.perf_counter() - t)
-    return samples
-
-
-async def stream_bytes(target: str) -> tuple[float, int]:
-    from execgate.client import OutputChunk
-    received = 0
-    async with AsyncClient(target, token=API_KEY) as c:
-        t = time.perf_counter()
-        async for event in c.stream(["head", "-c", str(BYTES), "/dev/zero"], tool="shell"):
-            if isinstance(event, OutputChunk):
-                received += len(event.data)
-        return time.perf_counter() - t, received
-
-
-def local_pipe() -> float:
-    t = time.perf_counter()
-    proc = subprocess.Popen(["head", "-c", str(BYTES), "/dev/zero"], stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    received = 0
-    while chunk := os.read(proc.stdout.fileno(), 65536):
-        received += len(chunk)
-    proc.wait()
-    assert received == BYTES
-    return time.perf_counter() - t
-
-
-async def concurrent_sleeps(target: str) -> float:
-    async with AsyncClient(target, token=API_KEY) as c:
-        await c.run(["true"], tool="shell")
-        t = time.perf_counter()
-        results = await asyncio.gather(*(c.run(["sleep", "0.5"], tool="shell")
-                                         for _ in range(8)))
-        assert all(r.exit_code == 0 for r in results)
-        return time.perf_counter() - t
-
-
-async def fifty_concurrent(target: str) -> int:
-    async with AsyncClient(target, token=API_KEY) as c:
-        results = await asyncio.gather(*(c.run(["sleep", "0.2"], tool="shell")
-                                         for _ in range(50)))
-        return sum(r.exit_code == 0 for r in results)
 
 
 def main() -> None:
@@ -174,33 +115,23 @@ def main() -> None:
                   f"{(p50['a'] - p50['u']) * 1e3:.3f} ms; all layers / local: "
                   f"{p50['a'] / p50['l']:.2f}x")
 
-            baseline = proc.memory_info().rss
-            peak = [baseline]
-            done = threading.Event()
-
-            def sample() -> None:
-                while not done.is_set():
-                    peak[0] = max(peak[0], proc.memory_info().rss)
-                    done.wait(0.01)
-
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-            elapsed, received = asyncio.run(stream_bytes(daemon.target))
-            done.set()
-            sampler.join()
+            flood = ["head", "-c", str(BYTES), "/dev/zero"]
+            with rss_peak(daemon.proc.pid) as rss:
+                elapsed, received = asyncio.run(stream_bytes(daemon.target, flood))
             assert received == BYTES, received
-            pipe = local_pipe()
+            pipe, piped = local_pipe(flood)
+            assert piped == BYTES, piped
             print(f"100 MB stdout through execgate            : {BYTES / elapsed / 1e6:.0f} MB/s "
-                  f"({elapsed:.3f} s); daemon RSS +{(peak[0] - baseline) / 2**20:.1f} MiB")
+                  f"({elapsed:.3f} s); daemon RSS +{rss.growth / 2**20:.1f} MiB")
             print(f"100 MB from a local pipe                  : {BYTES / pipe / 1e6:.0f} MB/s "
                   f"({pipe:.3f} s)")
-            print(f"8 concurrent `sleep 0.5`                  : "
-                  f"{asyncio.run(concurrent_sleeps(daemon.target)):.3f} s")
+            sleeps = asyncio.run(concurrent_runs(daemon.target, ["sleep", "0.5"], 8))
+            print(f"8 concurrent `sleep 0.5`                  : {sleeps:.3f} s")
             before = (proc.memory_info().rss, proc.num_fds())
-            ok = asyncio.run(fifty_concurrent(daemon.target))
+            asyncio.run(concurrent_runs(daemon.target, ["sleep", "0.2"], 50))
             time.sleep(0.5)  # a benchmark may wait; the helper reaps idle inits lazily
             after = (proc.memory_info().rss, proc.num_fds())
-            print(f"50 concurrent sandboxed `sleep 0.2`       : {ok}/50 succeeded; daemon RSS "
+            print(f"50 concurrent sandboxed `sleep 0.2`       : all succeeded; daemon RSS "
                   f"{before[0] / 2**20:.1f} -> {after[0] / 2**20:.1f} MiB, fds {before[1]} -> "
                   f"{after[1]}")
         finally:
