@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -47,6 +48,12 @@ from tests.conftest import Daemon, start_daemon
 HERE = Path(__file__).resolve().parent
 CONTENDERS = {"floor": "subprocess.run", "execgate": "execgate",
               "execgate_off": "execgate, layers off", "swerex": "SWE-ReX"}
+NOTES = {
+    "SWE-ReX first byte": "execute() does not stream: the first byte comes with the response",
+    "SWE-ReX concurrency": "its server runs each command with a blocking subprocess.run in its "
+                           "event loop, so concurrent commands take turns",
+}
+"""What a reader needs to read SWE-ReX's figures: they measure SWE-ReX as it is."""
 RATIOS = (("execgate", "swerex"), ("execgate_off", "swerex"),
           ("execgate", "floor"), ("execgate_off", "floor"))
 
@@ -226,10 +233,13 @@ def measure(contenders: dict[str, Contender],
         return {"stdout_throughput": received / seconds / 1e6,
                 "stdout_rss_growth": None if growth is None else growth / 2**20}
 
+    def concurrent(c: Contender, count: int) -> dict[str, float | None]:
+        return {f"concurrent_{count}": c.concurrent(count)}
+
     each(f"`true` x {settings.calls}", round_trips)
     each(f"{settings.flood_bytes} bytes of stdout", flood)
     for count in settings.concurrency:
-        each(f"{count} x sleep 0.5", lambda c, n=count: {f"concurrent_{n}": c.concurrent(n)})
+        each(f"{count} x sleep 0.5", functools.partial(concurrent, count=count))
     each("first byte", lambda c: {"first_byte": c.first_byte() * 1e3})
     return values
 
@@ -258,7 +268,7 @@ def report(settings: Settings, values: dict[str, dict[str, float | None]],
             "settings": {"calls": settings.calls, "warmup": settings.warmup,
                          "flood_bytes": settings.flood_bytes,
                          "concurrency": list(settings.concurrency)},
-            "contenders": CONTENDERS, "skipped": skipped, "rows": rows}
+            "contenders": CONTENDERS, "skipped": skipped, "notes": NOTES, "rows": rows}
 
 
 def _cell(value: float | None, suffix: str = "") -> str:
@@ -285,6 +295,7 @@ def table(results: dict[str, Any]) -> str:
     lines.append(f"\n{machine['cores']} cores, Linux {machine['kernel']}, load average "
                  f"{machine['load_before']:.2f} before and {machine['load_after']:.2f} after")
     lines += [f"skipped {what}: {why}" for what, why in results["skipped"].items()]
+    lines += [f"note, {what}: {why}" for what, why in results["notes"].items()]
     return "\n".join(lines)
 
 
