@@ -7,6 +7,7 @@ from execgate.client._client import AsyncClient, Client
 from execgate.client._exceptions import (
     ApprovalDeniedError,
     AuthenticationError,
+    CommandFailedError,
     CommandNotFoundError,
     ExecgateError,
     InvalidArgumentError,
@@ -18,6 +19,7 @@ from execgate.client._exceptions import (
     RPCError,
     UnavailableError,
 )
+from execgate.client._handles import AsyncRunHandle, RunHandle
 from execgate.client._models import (
     AgentInfo,
     ApprovalDecision,
@@ -28,9 +30,12 @@ from execgate.client._models import (
     ExitReason,
     OutputChunk,
     Plan,
+    RunInfo,
     RunResult,
+    RunState,
     Sandbox,
     Started,
+    TextRunResult,
     TLSConfig,
     ToolInfo,
 )
@@ -42,8 +47,10 @@ __all__ = [
     "ApprovalRequested",
     "ApprovalResolved",
     "AsyncClient",
+    "AsyncRunHandle",
     "AuthenticationError",
     "Client",
+    "CommandFailedError",
     "CommandNotFoundError",
     "Event",
     "ExecgateError",
@@ -58,10 +65,14 @@ __all__ = [
     "ProtocolError",
     "RPCError",
     "RateLimitedError",
+    "RunHandle",
+    "RunInfo",
     "RunResult",
+    "RunState",
     "Sandbox",
     "Started",
     "TLSConfig",
+    "TextRunResult",
     "ToolInfo",
     "UnavailableError",
 ]

@@ -23,11 +23,12 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 import grpc
 
-from execgate.client._exceptions import ProtocolError, from_rpc_error
+from execgate.client._exceptions import CommandFailedError, ProtocolError, from_rpc_error
+from execgate.client._handles import AsyncRunHandle, Collector, RunHandle
 from execgate.client._local import read_local_token
 from execgate.client._models import (
     AgentInfo,
@@ -39,9 +40,12 @@ from execgate.client._models import (
     ExitReason,
     OutputChunk,
     Plan,
+    RunInfo,
     RunResult,
+    RunState,
     Sandbox,
     Started,
+    TextRunResult,
     TLSConfig,
     ToolInfo,
 )
@@ -61,8 +65,13 @@ _VISIBILITY = {agents_pb2.VISIBILITY_PUBLIC: "public", agents_pb2.VISIBILITY_INT
                agents_pb2.VISIBILITY_PRIVATE: "private"}
 _TOOL_TYPES = {agents_pb2.TOOL_TYPE_COMMAND: "command", agents_pb2.TOOL_TYPE_FUNCTION: "function"}
 # Match the daemon's limit, so that a large write_file content gets the daemon's answer.
+# Keepalive pings every 30s (the daemon permits one per 10s, and answers within 10s) tell a
+# quiet run from a dead connection, also through NATs and proxies that drop idle flows.
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 4 * 1024 * 1024),
-                    ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+                    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                    ("grpc.keepalive_time_ms", 30_000),
+                    ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.keepalive_permit_without_calls", 0)]
 
 
 def resolve_target(target: str | None) -> str:
@@ -80,14 +89,23 @@ def resolve_token(target: str, token: str | None) -> str | None:
     return read_local_token(target)
 
 
+def check_argv(argv: object) -> None:
+    """Refuse a command line given as one string: argv is a list, never parsed by a shell."""
+    if isinstance(argv, str | bytes):
+        raise TypeError(f"argv must be a list of strings, not one string: pass "
+                        f"{str(argv).split()!r} (or ['sh', '-c', ...] for a shell), "
+                        f"not {argv!r}")
+
+
 def start_request(argv: Sequence[str] | None, agent: str, tool: str,
                   arguments: Mapping[str, str] | None, cwd: str,
                   env: Mapping[str, str] | None, timeout: float | None,
-                  stdin: bool) -> exec_pb2.ExecuteRequest:
+                  stdin: bool, detach: bool = False) -> exec_pb2.ExecuteRequest:
     """The first message of an Execute stream."""
+    check_argv(argv)
     start = exec_pb2.StartCall(agent=agent, tool=tool, argv=list(argv or ()),
                                arguments=dict(arguments or {}), cwd=cwd, env=dict(env or {}),
-                               stdin=stdin)
+                               stdin=stdin, detach=detach)
     if timeout is not None:
         start.timeout.FromNanoseconds(round(timeout * 1e9))
     return exec_pb2.ExecuteRequest(start=start)
@@ -119,26 +137,54 @@ def to_approval(r: exec_pb2.ApprovalRequest) -> ApprovalRequested:
                              expires_at=r.expires_at.ToNanoseconds() / 1e9)
 
 
-def to_event(response: exec_pb2.ExecuteResponse) -> Event:
-    """One daemon message as a client event."""
+def to_event(response: exec_pb2.ExecuteResponse | exec_pb2.AttachRunResponse) -> Event | None:
+    """One daemon message as a client event; None for a heartbeat (nothing happened)."""
     kind = response.WhichOneof("response")
+    if kind == "heartbeat":
+        return None
     if kind == "output":
         o = response.output
         return OutputChunk(_STREAMS.get(o.stream, "stdout"), o.offset, o.data)
     if kind == "accepted":
         return Started(response.accepted.run_id, to_plan(response.accepted.plan))
-    if kind == "approval_request":
+    if kind == "approval_request" and isinstance(response, exec_pb2.ExecuteResponse):
         return to_approval(response.approval_request)
     if kind == "exit":
-        e = response.exit
-        return Exited(
+        return to_exited(response.exit)
+    raise ProtocolError(f"unexpected message from the daemon: {kind}")
+
+
+def to_exited(e: exec_pb2.Exit) -> Exited:
+    """An exit message as Exited."""
+    return Exited(
             reason=ExitReason(e.reason) if e.reason in ExitReason._value2member_map_
             else ExitReason.UNSPECIFIED, exit_code=e.exit_code, signal=e.signal,
             message=e.message, wall_time=_seconds(e.wall_time), user_time=_seconds(e.user_time),
             system_time=_seconds(e.system_time), max_rss_bytes=e.max_rss_bytes,
             stdout_bytes=e.stdout_bytes, stderr_bytes=e.stderr_bytes,
             dropped_bytes=e.dropped_bytes)
-    raise ProtocolError(f"unexpected message from the daemon: {kind}")
+
+
+def to_run_info(r: exec_pb2.RunInfo) -> RunInfo:
+    """A ListRuns entry as RunInfo."""
+    known = r.state in RunState._value2member_map_
+    return RunInfo(run_id=r.run_id, state=RunState(r.state) if known else RunState.UNSPECIFIED,
+                   subject=r.subject, agent=r.agent, tool=r.tool,
+                   argv=tuple(r.argv), started_at=r.started_at.ToNanoseconds() / 1e9,
+                   stdout_bytes=r.stdout_bytes, stderr_bytes=r.stderr_bytes,
+                   detached=r.detached, attached=r.attached,
+                   replay_dropped_bytes=r.replay_dropped_bytes,
+                   exit=to_exited(r.exit) if r.HasField("exit") else None)
+
+
+def finished(result: RunResult, check: bool, text: bool,
+             encoding: str | None) -> RunResult | TextRunResult:
+    """``result`` as ``run`` was asked for: as text, and checked."""
+    out: RunResult | TextRunResult = (result.decoded(encoding or "utf-8")
+                                      if text or encoding else result)
+    if check and not out.ok:
+        raise CommandFailedError(out)
+    return out
 
 
 def to_watch_event(response: approvals_pb2.WatchApprovalsResponse,
@@ -148,30 +194,6 @@ def to_watch_event(response: approvals_pb2.WatchApprovalsResponse,
         return to_approval(response.pending)
     r = response.resolved
     return ApprovalResolved(approval_id=r.approval_id, outcome=r.outcome, decider=r.decider)
-
-
-class _Collector:
-    """Folds a stream of events into a RunResult."""
-
-    def __init__(self) -> None:
-        self.started: Started | None = None
-        self.out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-        self.exited: Exited | None = None
-
-    def add(self, event: Event) -> None:
-        if isinstance(event, Started):
-            self.started = event
-        elif isinstance(event, OutputChunk):
-            self.out[event.stream].append(event.data)
-        elif isinstance(event, Exited):
-            self.exited = event
-
-    def result(self) -> RunResult:
-        if self.started is None or self.exited is None:
-            raise ProtocolError("the daemon ended the call without an accepted and an exit")
-        return RunResult(run_id=self.started.run_id, plan=self.started.plan,
-                         stdout=b"".join(self.out["stdout"]),
-                         stderr=b"".join(self.out["stderr"]), exit=self.exited)
 
 
 def _schema(text: str) -> dict[str, Any]:
@@ -263,15 +285,17 @@ class Client:
                arguments: Mapping[str, str] | None = None, cwd: str = "",
                env: Mapping[str, str] | None = None, timeout: float | None = None,
                stdin: bytes | Iterable[bytes] | None = None,
-               on_approval: OnApproval | None = None) -> Iterator[Event]:
+               on_approval: OnApproval | None = None, detach: bool = False,
+               ) -> Iterator[Event]:
         """Run a call and yield its events as they come: Started, OutputChunks, Exited, and
         ApprovalRequested when the policy asks a human (``on_approval`` answers: True, False,
-        an ApprovalDecision, or None to leave it to an approver; no callback denies)."""
+        an ApprovalDecision, or None to leave it to an approver; no callback denies).
+        Leaving the loop early kills the run, unless ``detach``."""
         decide = on_approval or deny_without_a_callback
         # The request stream stays open for the whole call: a decision may have to follow.
         outbox: queue.Queue[exec_pb2.ExecuteRequest | None] = queue.Queue()
         outbox.put(start_request(argv, agent, tool, arguments, cwd, env, timeout,
-                                 stdin is not None))
+                                 stdin is not None, detach))
 
         def feed(chunks: Iterable[bytes]) -> None:
             for chunk in chunks:
@@ -287,6 +311,8 @@ class Client:
         try:
             for response in call:
                 event = to_event(response)
+                if event is None:
+                    continue
                 if isinstance(event, ApprovalRequested):
                     answer = decide(event)
                     if answer is not None:
@@ -298,21 +324,95 @@ class Client:
             outbox.put(None)
             call.cancel()  # no-op once finished; kills the run if the caller stopped reading
 
+    @overload
+    def run(self, argv: Sequence[str], *, agent: str = ..., tool: str = ..., cwd: str = ...,
+            env: Mapping[str, str] | None = ..., timeout: float | None = ...,
+            stdin: bytes | Iterable[bytes] | None = ..., on_approval: OnApproval | None = ...,
+            check: bool = ..., text: Literal[False] = ..., encoding: None = ...,
+            ) -> RunResult: ...
+
+    @overload
+    def run(self, argv: Sequence[str], *, agent: str = ..., tool: str = ..., cwd: str = ...,
+            env: Mapping[str, str] | None = ..., timeout: float | None = ...,
+            stdin: bytes | Iterable[bytes] | None = ..., on_approval: OnApproval | None = ...,
+            check: bool = ..., text: bool = ..., encoding: str | None = ...,
+            ) -> TextRunResult: ...
+
     def run(self, argv: Sequence[str], *, agent: str = "", tool: str = "", cwd: str = "",
             env: Mapping[str, str] | None = None, timeout: float | None = None,
             stdin: bytes | Iterable[bytes] | None = None,
-            on_approval: OnApproval | None = None) -> RunResult:
-        """Run a command tool and wait for it."""
-        collector = _Collector()
+            on_approval: OnApproval | None = None, check: bool = False, text: bool = False,
+            encoding: str | None = None) -> RunResult | TextRunResult:
+        """Run a command tool and wait for it. ``check``: raise CommandFailedError unless it
+        exited 0; ``text`` (or an ``encoding``): output as str, undecodable bytes replaced."""
+        check_argv(argv)
+        collector = Collector()
         for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
                                  timeout=timeout, stdin=stdin, on_approval=on_approval):
             collector.add(event)
-        return collector.result()
+        return finished(collector.result(), check, text, encoding)
+
+    def start(self, argv: Sequence[str], *, agent: str = "", tool: str = "", cwd: str = "",
+              env: Mapping[str, str] | None = None, timeout: float | None = None,
+              on_approval: OnApproval | None = None) -> RunHandle:
+        """Start a command that goes on in the daemon whatever becomes of this process (a
+        detached run, bounded by the daemon's runs.detached_max_time); returns once it runs."""
+        check_argv(argv)
+        for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
+                                 timeout=timeout, on_approval=on_approval, detach=True):
+            if isinstance(event, Started):
+                return RunHandle(self, event.run_id)
+        raise ProtocolError("the daemon ended the call without an accepted")
+
+    def handle(self, run_id: str) -> RunHandle:
+        """A handle on the run ``run_id`` (started by this process or an earlier one)."""
+        return RunHandle(self, run_id)
+
+    def attach(self, run_id: str, *, stdout_offset: int = 0,
+               stderr_offset: int = 0) -> Iterator[Event]:
+        """Read a run again: Started, the output from these offsets (what the daemon still
+        holds, then live), then Exited. NotFoundError when the run is unknown, not this
+        caller's, or past its retention."""
+        call = self._exec.AttachRun(exec_pb2.AttachRunRequest(
+            run_id=run_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset),
+            metadata=self._metadata)
+        try:
+            for response in call:
+                if (event := to_event(response)) is not None:
+                    yield event
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()  # only stops reading: the run goes on
+
+    def runs(self) -> list[RunInfo]:
+        """This caller's runs (everyone's, for an operator), going and recently ended."""
+        try:
+            return [to_run_info(r) for r in self._exec.ListRuns(
+                exec_pb2.ListRunsRequest(), metadata=self._metadata).runs]
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def cancel(self, run_id: str) -> None:
+        """Stop a run: SIGTERM to its whole tree, SIGKILL after the tool's kill grace."""
+        try:
+            self._exec.CancelRun(exec_pb2.CancelRunRequest(run_id=run_id),
+                                 metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def signal(self, run_id: str, sig: int) -> None:
+        """Send signal ``sig`` (1 to 64) to a run's process group."""
+        try:
+            self._exec.SignalRun(exec_pb2.SignalRunRequest(run_id=run_id, signal=sig),
+                                 metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
 
     def call(self, tool: str, *, agent: str = "", timeout: float | None = None,
              on_approval: OnApproval | None = None, **arguments: str) -> RunResult:
         """Call a function tool (read_file, write_file, list_directory, grep_search)."""
-        collector = _Collector()
+        collector = Collector()
         for event in self.stream(None, agent=agent, tool=tool, arguments=arguments,
                                  timeout=timeout, on_approval=on_approval):
             collector.add(event)
@@ -391,16 +491,18 @@ class AsyncClient:
                      tool: str = "", arguments: Mapping[str, str] | None = None, cwd: str = "",
                      env: Mapping[str, str] | None = None, timeout: float | None = None,
                      stdin: bytes | AsyncIterable[bytes] | None = None,
-                     on_approval: AsyncOnApproval | None = None) -> AsyncIterator[Event]:
+                     on_approval: AsyncOnApproval | None = None, detach: bool = False,
+                     ) -> AsyncIterator[Event]:
         """Run a call and yield its events as they come: Started, OutputChunks, Exited, and
         ApprovalRequested when the policy asks a human (``on_approval``, sync or async,
         answers: True, False, an ApprovalDecision, or None to leave it to an approver; no
-        callback denies)."""
+        callback denies). Leaving the loop early kills the run, unless ``detach``."""
         decide = on_approval or deny_without_a_callback
+        request = start_request(argv, agent, tool, arguments, cwd, env, timeout,
+                                stdin is not None, detach)
         call = self._exec.Execute(metadata=self._metadata)
         try:
-            await call.write(start_request(argv, agent, tool, arguments, cwd, env, timeout,
-                                           stdin is not None))
+            await call.write(request)
             if isinstance(stdin, bytes):
                 for chunk in _chunks(stdin):
                     await call.write(exec_pb2.ExecuteRequest(stdin=chunk))
@@ -411,6 +513,8 @@ class AsyncClient:
                 await call.write(exec_pb2.ExecuteRequest(close_stdin=exec_pb2.CloseStdin()))
             async for response in call:
                 event = to_event(response)
+                if event is None:
+                    continue
                 if isinstance(event, ApprovalRequested):
                     answer = decide(event)
                     if inspect.isawaitable(answer):
@@ -423,22 +527,103 @@ class AsyncClient:
         finally:
             call.cancel()
 
+    @overload
+    async def run(self, argv: Sequence[str], *, agent: str = ..., tool: str = ...,
+                  cwd: str = ..., env: Mapping[str, str] | None = ...,
+                  timeout: float | None = ..., stdin: bytes | AsyncIterable[bytes] | None = ...,
+                  on_approval: AsyncOnApproval | None = ..., check: bool = ...,
+                  text: Literal[False] = ..., encoding: None = ...) -> RunResult: ...
+
+    @overload
+    async def run(self, argv: Sequence[str], *, agent: str = ..., tool: str = ...,
+                  cwd: str = ..., env: Mapping[str, str] | None = ...,
+                  timeout: float | None = ..., stdin: bytes | AsyncIterable[bytes] | None = ...,
+                  on_approval: AsyncOnApproval | None = ..., check: bool = ...,
+                  text: bool = ..., encoding: str | None = ...) -> TextRunResult: ...
+
     async def run(self, argv: Sequence[str], *, agent: str = "", tool: str = "",
                   cwd: str = "", env: Mapping[str, str] | None = None,
                   timeout: float | None = None,
                   stdin: bytes | AsyncIterable[bytes] | None = None,
-                  on_approval: AsyncOnApproval | None = None) -> RunResult:
-        """Run a command tool and wait for it."""
-        collector = _Collector()
+                  on_approval: AsyncOnApproval | None = None, check: bool = False,
+                  text: bool = False, encoding: str | None = None,
+                  ) -> RunResult | TextRunResult:
+        """Run a command tool and wait for it. ``check``: raise CommandFailedError unless it
+        exited 0; ``text`` (or an ``encoding``): output as str, undecodable bytes replaced."""
+        check_argv(argv)
+        collector = Collector()
         async for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
                                        timeout=timeout, stdin=stdin, on_approval=on_approval):
             collector.add(event)
-        return collector.result()
+        return finished(collector.result(), check, text, encoding)
+
+    async def start(self, argv: Sequence[str], *, agent: str = "", tool: str = "",
+                    cwd: str = "", env: Mapping[str, str] | None = None,
+                    timeout: float | None = None,
+                    on_approval: AsyncOnApproval | None = None) -> AsyncRunHandle:
+        """Start a command that goes on in the daemon whatever becomes of this process (a
+        detached run, bounded by the daemon's runs.detached_max_time); returns once it runs."""
+        check_argv(argv)
+        events = self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
+                             timeout=timeout, on_approval=on_approval, detach=True)
+        try:
+            async for event in events:
+                if isinstance(event, Started):
+                    return AsyncRunHandle(self, event.run_id)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        raise ProtocolError("the daemon ended the call without an accepted")
+
+    def handle(self, run_id: str) -> AsyncRunHandle:
+        """A handle on the run ``run_id`` (started by this process or an earlier one)."""
+        return AsyncRunHandle(self, run_id)
+
+    async def attach(self, run_id: str, *, stdout_offset: int = 0,
+                     stderr_offset: int = 0) -> AsyncIterator[Event]:
+        """Read a run again: Started, the output from these offsets (what the daemon still
+        holds, then live), then Exited. NotFoundError when the run is unknown, not this
+        caller's, or past its retention."""
+        call = self._exec.AttachRun(exec_pb2.AttachRunRequest(
+            run_id=run_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset),
+            metadata=self._metadata)
+        try:
+            async for response in call:
+                if (event := to_event(response)) is not None:
+                    yield event
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()  # only stops reading: the run goes on
+
+    async def runs(self) -> list[RunInfo]:
+        """This caller's runs (everyone's, for an operator), going and recently ended."""
+        try:
+            response = await self._exec.ListRuns(exec_pb2.ListRunsRequest(),
+                                                 metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return [to_run_info(r) for r in response.runs]
+
+    async def cancel(self, run_id: str) -> None:
+        """Stop a run: SIGTERM to its whole tree, SIGKILL after the tool's kill grace."""
+        try:
+            await self._exec.CancelRun(exec_pb2.CancelRunRequest(run_id=run_id),
+                                       metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def signal(self, run_id: str, sig: int) -> None:
+        """Send signal ``sig`` (1 to 64) to a run's process group."""
+        try:
+            await self._exec.SignalRun(exec_pb2.SignalRunRequest(run_id=run_id, signal=sig),
+                                       metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
 
     async def call(self, tool: str, *, agent: str = "", timeout: float | None = None,
                    on_approval: AsyncOnApproval | None = None, **arguments: str) -> RunResult:
         """Call a function tool (read_file, write_file, list_directory, grep_search)."""
-        collector = _Collector()
+        collector = Collector()
         async for event in self.stream(None, agent=agent, tool=tool, arguments=arguments,
                                        timeout=timeout, on_approval=on_approval):
             collector.add(event)

@@ -9,8 +9,9 @@
     │   ├── NotFoundError               no such agent or tool (NOT_FOUND)
     │   │   └── CommandNotFoundError        the command is allowed but not on the daemon's PATH
     │   ├── InvalidArgumentError        the request itself is malformed (INVALID_ARGUMENT)
-    │   ├── RateLimitedError            too many calls (RESOURCE_EXHAUSTED)
+    │   ├── RateLimitedError            too many calls (RESOURCE_EXHAUSTED); see ``retry_after``
     │   └── UnavailableError            the daemon cannot be reached or cannot run it now
+    ├── CommandFailedError          ``run(..., check=True)``: the command did not exit 0
     └── ProtocolError               the daemon's stream broke the API's contract
 
 Every RPCError carries ``status`` (a ``grpc.StatusCode``), ``error`` (the daemon's
@@ -19,7 +20,13 @@ machine-readable kind, e.g. ``policy_denied``) and ``rule`` (the policy key that
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import grpc
+
+if TYPE_CHECKING:
+    from execgate.client._models import RunResult, TextRunResult
 
 
 class ExecgateError(Exception):
@@ -69,9 +76,26 @@ class InvalidArgumentError(RPCError):
 class RateLimitedError(RPCError):
     """The daemon is at a limit; retry later."""
 
+    retry_after: float | None = None
+    """Seconds to wait before a retry can succeed, when the daemon knows (a rate limit);
+    None for a cap that frees when a run ends."""
+
 
 class UnavailableError(RPCError):
     """The daemon could not be reached, or could not run the call now."""
+
+
+class CommandFailedError(ExecgateError):
+    """``run(..., check=True)``: the command did not exit by itself with status 0."""
+
+    def __init__(self, result: RunResult | TextRunResult) -> None:
+        exit = result.exit
+        how = (f"exit status {exit.exit_code}" if exit.reason.name == "EXITED"
+               else f"signal {exit.signal}" if exit.reason.name == "SIGNALED"
+               else f"{exit.reason.name.lower()}: {exit.message}")
+        super().__init__(f"command {list(result.plan.argv)!r} failed ({how})")
+        self.result = result
+        """The whole result: output and exit."""
 
 
 class ProtocolError(ExecgateError):
@@ -101,4 +125,15 @@ def from_rpc_error(exc: grpc.RpcError) -> RPCError:
     trailing = dict(call.trailing_metadata() or ())
     error, rule = str(trailing.get("execgate-error", "")), str(trailing.get("execgate-rule", ""))
     cls = _BY_ERROR.get(error) or _BY_STATUS.get(status, RPCError)
-    return cls(call.details() or status.name, status, error, rule)
+    typed = cls(call.details() or status.name, status, error, rule)
+    if isinstance(typed, RateLimitedError):
+        typed.retry_after = _seconds(str(trailing.get("execgate-retry-after", "")))
+    return typed
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

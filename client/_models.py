@@ -54,6 +54,8 @@ class ExitReason(enum.Enum):
     """The sandbox could not set the job up; nothing ran. See ``message``."""
     DAEMON_STOPPING = 10
     """The daemon was stopping and stopped the command; retry when it is back."""
+    IDLE_TIMEOUT = 11
+    """The command wrote nothing for its tool's ``idle_timeout`` and was stopped."""
 
 
 @dataclass(frozen=True)
@@ -166,14 +168,9 @@ class ApprovalDecision:
 Event = Started | OutputChunk | Exited | ApprovalRequested
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """A finished call: its output and how it ended."""
+class _Ended:
+    """How a finished call ended, said as subprocess says it."""
 
-    run_id: str
-    plan: Plan
-    stdout: bytes
-    stderr: bytes
     exit: Exited
 
     @property
@@ -190,6 +187,72 @@ class RunResult:
     def signal(self) -> int:
         """The signal that killed the command, or 0."""
         return self.exit.signal
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited by itself with status 0."""
+        return self.exit.reason is ExitReason.EXITED and self.exit.exit_code == 0
+
+
+@dataclass(frozen=True)
+class RunResult(_Ended):
+    """A finished call: its output and how it ended."""
+
+    run_id: str
+    plan: Plan
+    stdout: bytes
+    stderr: bytes
+    exit: Exited
+
+    def decoded(self, encoding: str = "utf-8") -> TextRunResult:
+        """The same result with its output as text (undecodable bytes replaced)."""
+        return TextRunResult(self.run_id, self.plan, self.stdout.decode(encoding, "replace"),
+                             self.stderr.decode(encoding, "replace"), self.exit)
+
+
+@dataclass(frozen=True)
+class TextRunResult(_Ended):
+    """A finished call whose output was asked for as text (``text=True``)."""
+
+    run_id: str
+    plan: Plan
+    stdout: str
+    stderr: str
+    exit: Exited
+
+
+class RunState(enum.Enum):
+    """Whether a run is still going."""
+
+    UNSPECIFIED = 0
+    RUNNING = 1
+    EXITED = 2
+    """Ended; its exit and output stay attachable for the daemon's runs.retention."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One of the caller's runs, as ``runs()`` lists it."""
+
+    run_id: str
+    state: RunState
+    subject: str
+    """Who started it."""
+    agent: str
+    tool: str
+    argv: tuple[str, ...]
+    started_at: float
+    """Wall-clock seconds."""
+    stdout_bytes: int
+    stderr_bytes: int
+    detached: bool
+    """Whether it goes on when its callers go away."""
+    attached: int
+    """Streams reading it now."""
+    replay_dropped_bytes: int
+    """Output the daemon's replay buffer no longer holds."""
+    exit: Exited | None
+    """How it ended; None while it runs."""
 
 
 @dataclass(frozen=True)

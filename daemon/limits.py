@@ -71,7 +71,7 @@ class RateLimiter:
             whose = f" for {principal.subject}" if self._per_user else ""
             raise Denial(DenialKind.RESOURCE_EXHAUSTED,
                          f"rate limit of {self._limit}{whose} reached; retry in {wait:.1f}s",
-                         "server.rate_limiting")
+                         "server.rate_limiting", retry_after=wait)
         self._buckets[key] = (tokens - 1.0, now)
         if len(self._buckets) > MAX_BUCKETS:
             self._forget_full(now)
@@ -114,7 +114,7 @@ class FailedAttempts:
             raise Denial(DenialKind.RESOURCE_EXHAUSTED,
                          f"too many failed authentications from this address "
                          f"({self._limit}); credentials are refused unchecked for "
-                         f"{wait:.0f}s", "server.auth.max_failed_attempts")
+                         f"{wait:.0f}s", "server.auth.max_failed_attempts", retry_after=wait)
 
     def record(self, peer: str) -> None:
         """Count one failed authentication from ``peer``."""

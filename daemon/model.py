@@ -172,12 +172,15 @@ class Denial(Exception):
     as they travel, which a frozen dataclass refuses.
     """
 
-    def __init__(self, kind: DenialKind, message: str, rule: str = "") -> None:
+    def __init__(self, kind: DenialKind, message: str, rule: str = "",
+                 retry_after: float | None = None) -> None:
         super().__init__(kind, message, rule)
         self.kind = kind
         self.message = message
         self.rule = rule
         """Key path of the policy rule that refused, e.g. ``tools.shell.denied_commands``."""
+        self.retry_after = retry_after
+        """Seconds until a retry can succeed, when a limit knows it."""
 
     def __str__(self) -> str:
         return f"{self.message} (rule: {self.rule})" if self.rule else self.message

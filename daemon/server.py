@@ -48,6 +48,11 @@ SERVICES = (exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name,
             approvals_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME)
+KEEPALIVE = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+             ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+"""A connection quiet for a minute is pinged and dropped when no answer comes in 20s (its
+non-detached runs are then cancelled); clients may ping every 10s (execgate's client
+pings every 30s)."""
 SHUTDOWN_GRACE = 5.0
 STATUS_PERIOD = 5.0
 """Seconds between checks of the run count for STATUS= when no watchdog is asked for."""
@@ -227,7 +232,8 @@ class Lifecycle:
             interceptors=[interceptor],
             options=[("grpc.so_reuseport", 0),  # two daemons must not share a port silently
                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     *KEEPALIVE])
         exec_pb2_grpc.add_ExecServiceServicer_to_server(self._exec, server)
         agents_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentService(self._current, self._audit), server)

@@ -1,8 +1,9 @@
 """Denials as gRPC statuses: the one mapping, used by every servicer and the interceptor.
 
 The status code is for generic gRPC clients; the trailing metadata ``execgate-error`` (the
-denial's kind) and ``execgate-rule`` (the policy key that refused) are for execgate's client,
-which raises the matching exception.
+denial's kind), ``execgate-rule`` (the policy key that refused) and, for a rate limit,
+``execgate-retry-after`` (seconds) are for execgate's client, which raises the matching
+exception.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ STATUS = {
 
 async def abort(context: grpc.aio.ServicerContext, denial: Denial) -> NoReturn:
     """End the call with the denial's status, message and machine-readable metadata."""
-    context.set_trailing_metadata((("execgate-error", denial.kind.value),
-                                   ("execgate-rule", denial.rule)))
+    metadata = [("execgate-error", denial.kind.value), ("execgate-rule", denial.rule)]
+    if denial.retry_after is not None:
+        metadata.append(("execgate-retry-after", f"{denial.retry_after:.3f}"))
+    context.set_trailing_metadata(tuple(metadata))
     await context.abort(STATUS[denial.kind], str(denial))
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
