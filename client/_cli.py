@@ -1,6 +1,11 @@
 """``execgate``: run tool calls on an execgated daemon from a shell.
 
-    execgate run [--agent A] [--tool T] [--cwd DIR] [--timeout S] [--env K=V] [-i] -- ARGV...
+    execgate run [--agent A] [--tool T] [--cwd DIR] [--timeout S] [--env K=V] [-i]
+                 [--detach] -- ARGV...
+    execgate attach RUN_ID [--stdout-offset N] [--stderr-offset N]
+    execgate runs
+    execgate cancel RUN_ID
+    execgate signal RUN_ID SIGNAL
     execgate call TOOL [NAME=VALUE ...]
     execgate agents
     execgate approvals watch | approve ID | deny ID [--reason TEXT]
@@ -13,15 +18,19 @@ running ``execgate approvals``.
 Exit status of ``run`` and ``call``: the command's own; 128+N when it was killed by signal N;
 124 on timeout; 126 when the policy refused the call; 127 when an allowed command is not on
 the daemon's PATH; 125 for execgate's own failures (connection, authentication, usage, the
-output limit). ``approvals approve|deny ID``: 0 once decided; 1 when no such approval is
-pending (decided, expired or unknown); 126 when you may not decide it.
+output limit). ``run --detach`` prints the run's id and leaves it running; ``attach`` copies
+a run's output from the offsets and exits as ``run`` would. ``approvals approve|deny ID``,
+``cancel`` and ``signal``: 0 once done; 1 when no such approval or run is there (decided,
+expired, ended past its retention, unknown or not yours); 126 when you may not decide it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -45,6 +54,7 @@ from execgate.client._models import (
     Exited,
     ExitReason,
     OutputChunk,
+    RunInfo,
     TLSConfig,
 )
 
@@ -163,6 +173,47 @@ def _approvals(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _signal_number(text: str) -> int:
+    """A signal given as a number, ``TERM`` or ``SIGTERM``."""
+    if text.isdigit():
+        return int(text)
+    name = text.upper()
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except KeyError:
+        raise SystemExit(f"execgate: {text!r} is not a signal (give a number or a name "
+                         "such as TERM, INT, USR1)") from None
+
+
+def _run_line(run: RunInfo) -> str:
+    """One line of ``execgate runs``."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_at))
+    ended = ("running" if run.exit is None else
+             f"{run.exit.reason.name.lower()} {run.exit.exit_code or run.exit.signal}")
+    return "\t".join([run.run_id, ended, started, run.subject, f"{run.agent}/{run.tool}",
+                      " ".join(run.argv), "detached" if run.detached else "attached"])
+
+
+def _runs(client: Client, args: argparse.Namespace) -> int:
+    """``attach``, ``runs``, ``cancel`` and ``signal``."""
+    if args.command == "runs":
+        for run in client.runs():
+            print(_run_line(run))
+        return 0
+    if args.command == "attach":
+        return _copy(client.attach(args.run_id, stdout_offset=args.stdout_offset,
+                                   stderr_offset=args.stderr_offset))
+    try:
+        if args.command == "cancel":
+            client.cancel(args.run_id)
+        else:
+            client.signal(args.run_id, _signal_number(args.signal))
+    except NotFoundError as exc:
+        print(f"execgate: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN_APPROVAL
+    return 0
+
+
 def _parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -186,6 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="execgate",
                                      description=__doc__.splitlines()[0].replace("``", ""),
                                      epilog="Run 'execgate COMMAND --help' for details.")
+    parser.add_argument("--version", action="version",
+                        version=f"execgate {importlib.metadata.version('execgate')}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", parents=[common], help="run a command tool")
     run.add_argument("--tool", default="", help="command tool (optional when only one)")
@@ -195,6 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-i", "--stdin", action="store_true", help="forward our stdin")
     run.add_argument("--wait-for-approver", action="store_true",
                      help="without a terminal, wait for an approver instead of denying")
+    run.add_argument("--detach", action="store_true",
+                     help="print the run's id and leave it running (see attach, runs)")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command and arguments")
     call = commands.add_parser("call", parents=[common], help="call a function tool")
     call.add_argument("tool")
@@ -209,6 +264,18 @@ def _parser() -> argparse.ArgumentParser:
         decide = actions.add_parser(action, help=f"{action} a pending request")
         decide.add_argument("id")
         decide.add_argument("--reason", default="")
+    attach = commands.add_parser("attach", parents=[common],
+                                 help="copy a run's output, from offsets, until it ends")
+    attach.add_argument("run_id")
+    attach.add_argument("--stdout-offset", type=int, default=0, metavar="N")
+    attach.add_argument("--stderr-offset", type=int, default=0, metavar="N")
+    commands.add_parser("runs", parents=[common], help="list your runs")
+    cancel = commands.add_parser("cancel", parents=[common],
+                                 help="stop a run (SIGTERM, then SIGKILL)")
+    cancel.add_argument("run_id")
+    signal_cmd = commands.add_parser("signal", parents=[common], help="signal a run")
+    signal_cmd.add_argument("run_id")
+    signal_cmd.add_argument("signal", help="number or name (TERM, INT, USR1 ...)")
     mcp = commands.add_parser("mcp", parents=[common],
                               help="serve the agent's tools to an MCP host on stdio")
     mcp.add_argument("--without-elicitation", choices=("deny", "wait"), default="deny",
@@ -243,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.command == "approvals":
                 return _approvals(client, args)
+            if args.command in ("attach", "runs", "cancel", "signal"):
+                return _runs(client, args)
             if args.command == "call":
                 return _copy(client.stream(None, agent=args.agent, tool=args.tool,
                                            arguments=_parse_pairs(args.arguments, "argument"),
@@ -253,6 +322,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("execgate: give the command after --, e.g. execgate run -- ls -l",
                       file=sys.stderr)
                 return EXIT_EXECGATE
+            if args.detach:
+                if args.stdin:
+                    print("execgate: --detach takes no stdin (-i)", file=sys.stderr)
+                    return EXIT_EXECGATE
+                print(client.start(command, agent=args.agent, tool=args.tool, cwd=args.cwd,
+                                   env=_parse_pairs(args.env, "--env"), timeout=args.timeout,
+                                   on_approval=ask_on_terminal(args.wait_for_approver)).id)
+                return 0
             return _copy(client.stream(
                 command, agent=args.agent, tool=args.tool, cwd=args.cwd,
                 env=_parse_pairs(args.env, "--env"), timeout=args.timeout,

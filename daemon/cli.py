@@ -18,6 +18,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import secrets
 import sys
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``execgated``."""
     parser = argparse.ArgumentParser(prog="execgated",
                                      description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--version", action="version",
+                        version=f"execgated {importlib.metadata.version('execgate')}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="serve tool calls")
     serve_cmd.add_argument("--config", type=Path,

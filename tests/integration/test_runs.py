@@ -4,7 +4,10 @@ idle timeout, and who may see a run, against a real daemon."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from execgate.client import (
     Started,
 )
 from tests.conftest import API_KEY, TEST_POLICY, Daemon, start_daemon
+from tests.integration.test_cli import execgate
 
 OTHER_KEY = "other-caller-key-0123456789"
 OPERATOR_KEY = "operator-key-0123456789"
@@ -231,3 +235,31 @@ def test_20_agents_at_once_all_finish_correctly(daemon: Daemon) -> None:
 def test_a_handles_wait_returns_the_run_result(client: Client) -> None:
     result = client.start(["echo", "hi"], agent="dev").wait()
     assert isinstance(result, RunResult) and result.stdout == b"hi\n"
+
+
+def test_the_cli_detaches_lists_signals_attaches_and_cancels(daemon: Daemon) -> None:
+    """run --detach prints the id; runs lists it; signal reaches its trap; attach copies its
+    output and exits with its status; cancel of an ended run is still an answer."""
+    script = "trap 'echo bye; exit 5' USR1; echo ready; while :; do sleep 0.1; done"
+    run_id = execgate(daemon, "run", "--agent", "dev", "--detach", "--", "sh", "-c",
+                      script).stdout.decode().strip()
+    assert run_id in execgate(daemon, "runs").stdout.decode()
+    with daemon.client() as c:  # wait until its trap is set before signalling
+        assert any(isinstance(e, OutputChunk) and e.data == b"ready\n"
+                   for e in c.attach(run_id))
+    assert execgate(daemon, "signal", run_id, "USR1").returncode == 0
+    attached = execgate(daemon, "attach", run_id)
+    assert (attached.returncode, attached.stdout) == (5, b"ready\nbye\n")
+    assert execgate(daemon, "cancel", run_id).returncode == 0
+
+
+def test_the_cli_says_a_run_it_cannot_see_is_not_there(daemon: Daemon) -> None:
+    assert execgate(daemon, "cancel", "0" * 32).returncode == 1
+
+
+@pytest.mark.parametrize("program", ["execgate.client._cli", "execgate.daemon.cli"])
+def test_both_clis_print_their_version(program: str) -> None:
+    result = subprocess.run([sys.executable, "-m", program, "--version"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.split()[1] == importlib.metadata.version("execgate")
