@@ -37,9 +37,12 @@ AUTH = (("authorization", f"Bearer {API_KEY}"),)
 FUZZ_POLICY = TEST_POLICY.replace(
     "tools:\n", "approvals:\n  timeout: 1s\n  approvers: [{subject: tester}]\ntools:\n"
     "  gated:\n    type: command\n    allowed_commands: [echo]\n    require_approval: true\n", 1,
-).replace("agents:\n", "agents:\n  gate:\n    tools: [gated]\n", 1)
+).replace("agents:\n", "agents:\n  gate:\n    tools: [gated]\n", 1).replace(
+    "  auth:\n    enabled: true\n",
+    "  auth:\n    enabled: true\n    max_failed_attempts: 1000000\n", 1)
 """The test policy with an agent whose every call waits for approval, and the caller as its
-approver: approval messages and RPCs then meet real pending approvals."""
+approver: approval messages and RPCs then meet real pending approvals. The fuzzer's bad
+credentials must not lock its own address out (test_auth_flood.py tests that limit)."""
 
 Messages = list[bytes]
 
@@ -259,10 +262,14 @@ def _unary_request(method: str, live: _Live, rng: random.Random) -> bytes:
     return b""  # ListRuns, WatchApprovals
 
 
+RUNS = hasattr(exec_pb2, "ListRunsRequest")
+"""Whether this build has the runs RPCs (AttachRun, ListRuns, CancelRun, SignalRun)."""
 UNARY = ("/execgate.v1.AgentService/ListAgents", "/execgate.v1.ApprovalService/GetApproval",
-         "/execgate.v1.ApprovalService/DecideApproval", "/execgate.v1.ExecService/ListRuns",
-         "/execgate.v1.ExecService/CancelRun", "/execgate.v1.ExecService/SignalRun")
-STREAMING = ("/execgate.v1.ApprovalService/WatchApprovals", "/execgate.v1.ExecService/AttachRun")
+         "/execgate.v1.ApprovalService/DecideApproval", *(
+             ("/execgate.v1.ExecService/ListRuns", "/execgate.v1.ExecService/CancelRun",
+              "/execgate.v1.ExecService/SignalRun") if RUNS else ()))
+STREAMING = ("/execgate.v1.ApprovalService/WatchApprovals",
+             *(("/execgate.v1.ExecService/AttachRun",) if RUNS else ()))
 
 
 def _payload(method: str, live: _Live, rng: random.Random) -> bytes:
