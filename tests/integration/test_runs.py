@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import signal
 import subprocess
 import sys
@@ -263,3 +264,26 @@ def test_both_clis_print_their_version(program: str) -> None:
                             text=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.split()[1] == importlib.metadata.version("execgate")
+
+
+def test_the_readmes_agent_restart_example_reattaches_by_id(daemon: Daemon,
+                                                             tmp_path: Path) -> None:
+    """The agent is killed right after it started its run; started again, it finds the run
+    by the id it kept and gets the whole output and the end."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = readme.split("## Runs that outlive a connection", 1)[1].split(
+        "```python\n", 1)[1].split("```", 1)[0]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("EXECGATE_")},
+           "EXECGATE_TARGET": daemon.target, "EXECGATE_TOKEN": API_KEY}
+    first = subprocess.Popen([sys.executable, "-c", example], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    started = first.stdout.readline()
+    first.kill()  # the agent dies with its run going
+    first.wait()
+    first.stdout.close()
+    assert started.startswith("started ")
+    again = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.stdout == "step 1\nstep 2\nstep 3\n"
+    assert not (tmp_path / "run-id").exists()
