@@ -221,3 +221,14 @@ async def test_over_the_running_cap_a_call_is_refused_with_its_rule(tmp_path: Pa
     assert (refused.value.kind, refused.value.rule) == (
         DenialKind.RESOURCE_EXHAUSTED, "runs.max_running_per_principal")
     calls.start(calls.admit(BOB, snapshot, ToolCall("dev", "shell", ("true",))))
+
+
+async def test_a_quiet_run_sends_heartbeats_to_its_reader(tmp_path: Path) -> None:
+    calls, _ = _calls(_Sandbox(hold=True))
+    snapshot = await _snapshot(tmp_path, heartbeat_interval=0.01)
+    entry = calls.start(calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
+    reader = entry.read()
+    assert await anext(reader) == Output(Stream.STDOUT, 0, b"hi\n")
+    assert isinstance(await anext(reader), Heartbeat)
+    await reader.aclose()
+    entry.run.cancel()
