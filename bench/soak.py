@@ -4,8 +4,9 @@
 
 Starts a real daemon on loopback and runs ``--clients`` clients for ``--minutes`` doing what
 agents do: quick calls, output floods, timeouts, denied calls, approvals answered by the
-caller's callback (approved and denied), streams cancelled or dropped mid-run, and function
-tools. After a warm-up it notes the daemon's footprint; at the end it checks that
+caller's callback (approved and denied), streams cancelled or dropped mid-run, detached
+runs read again from another connection, and function tools. After a warm-up it notes the
+daemon's footprint; at the end it checks that
 
 - every call ended as its kind of call should (zero unexpected outcomes);
 - no run is left: no process but the sandbox helper and its idle pooled inits (no more of
@@ -144,6 +145,16 @@ def dropped(client: Client, target: str, rng: random.Random, tally: Tally) -> No
     tally.expect("dropped", first.HasField("accepted"), first, first.accepted.run_id)
 
 
+def detached(client: Client, target: str, rng: random.Random, tally: Tally) -> None:
+    """A detached run, left by its starter and read again from another connection, as an
+    agent that restarted would."""
+    handle = client.start(["sh", "-c", "echo a; sleep 0.2; echo b"], agent="dev",
+                          tool="shell")
+    with Client(target, token=API_KEY) as again:
+        r = again.handle(handle.id).wait()
+    tally.expect("detached", r.exit_code == 0 and r.stdout == b"a\nb\n", r, handle.id)
+
+
 def function(client: Client, target: str, rng: random.Random, tally: Tally) -> None:
     which = rng.choice(["read", "write", "list"])
     if which == "read":
@@ -160,7 +171,7 @@ def function(client: Client, target: str, rng: random.Random, tally: Tally) -> N
 
 
 MIX: dict[Action, int] = {quick: 30, function: 20, flood: 6, timeout: 6, denial: 10,
-                          approved: 8, refused: 5, cancelled: 6, dropped: 4}
+                          approved: 8, refused: 5, cancelled: 6, dropped: 4, detached: 4}
 """Each kind of call and its weight in the mix."""
 
 
