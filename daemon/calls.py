@@ -45,6 +45,9 @@ from execgate.daemon.sandbox import Layers, Spawner
 from execgate.daemon.snapshot import Snapshot
 
 MAX_SIGNAL = 64
+RETAINED_BYTES = 64 * 1024 * 1024
+"""Output of finished runs held for attachers, in all: each run's replay buffer is bounded,
+but a busy daemon finishes many runs within their retention."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ class Calls:
         self._entries: dict[str, RunEntry] = {}
         self._running: set[str] = set()
         self._forget: dict[str, asyncio.TimerHandle] = {}
+        self._retained: dict[str, RunEntry] = {}
+        """Finished runs whose output is still held, the oldest first."""
+        self._retained_bytes = 0
         self._waiting: dict[tuple[str, str], int] = {}  # approvals pending, per principal
         self._idle = asyncio.Event()
         self._idle.set()
@@ -305,9 +311,22 @@ class Calls:
         if not self._stopping:
             self._forget[entry.id] = asyncio.get_running_loop().call_later(
                 entry.runs.retention, self._forget_entry, entry.id)
+            self._retain(entry)
+
+    def _retain(self, entry: RunEntry) -> None:
+        """Keep a finished run's output for attachers within RETAINED_BYTES in all: past it
+        the oldest finished runs' output goes first (their exit stays until retention)."""
+        self._retained[entry.id] = entry
+        self._retained_bytes += entry.replay.held_bytes
+        while self._retained_bytes > RETAINED_BYTES and self._retained:
+            oldest = self._retained.pop(next(iter(self._retained)))
+            self._retained_bytes -= oldest.replay.release()
 
     def _forget_entry(self, run_id: str) -> None:
         self._forget.pop(run_id, None)
+        retained = self._retained.pop(run_id, None)
+        if retained is not None:
+            self._retained_bytes -= retained.replay.held_bytes
         if self._entries.pop(run_id, None) is not None:
             self._audit.run_forgotten(run_id)
 

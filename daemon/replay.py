@@ -99,6 +99,20 @@ class Replay:
         self.exit = exit
         self._wake()
 
+    def release(self) -> int:
+        """Let go of all held output (a finished run, past the daemon's budget for them):
+        readers from now on jump to the exit, the bytes counted as dropped. Returns how
+        many bytes were let go."""
+        freed = self.held_bytes
+        for chunk in (*self._head, *self._tail):
+            self.dropped[chunk.stream] += len(chunk.data)
+        self._tail_seq += len(self._tail)  # the next chunk's number: every cursor jumps to it
+        self._head, self._head_bytes, self._head_full = [], 0, True
+        self._tail.clear()
+        self._tail_bytes = 0
+        self._wake()
+        return freed
+
     async def room(self) -> None:
         """Wait while an attached reader lags too far behind."""
         while any(self._lag(c) >= HIGH_WATER for c in self._cursors):

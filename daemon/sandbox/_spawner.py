@@ -320,10 +320,10 @@ class Spawner:
             finally:
                 for fd in waiting.fds:
                     os.close(fd)
-        elif offer["key"] in self._idle:
+        elif len(self._idle.get(offer["key"], [None] * POOL_SIZE)) < POOL_SIZE:
             self._idle[offer["key"]].append(init)
-        else:
-            _close(init)  # a kind forgotten meanwhile
+        else:  # a kind forgotten meanwhile, or made for a job that was withdrawn
+            _close(init)
 
     def _restart(self) -> None:
         """A helper that died is replaced, so that one crash does not refuse every later call.

@@ -262,7 +262,7 @@ def _start_sleeper(d: Daemon, marker: str) -> None:
     def call() -> None:
         try:
             with d.client() as client:
-                for event in client.stream(["sh", "-c", "echo ready; sleep 1000; true", marker],
+                for event in client.stream(["sh", "-c", "sleep 1000 & echo ready; wait", marker],
                                            agent="dev", tool="shell"):
                     if isinstance(event, OutputChunk):
                         running.set()
