@@ -55,9 +55,12 @@ POLICY = TEST_POLICY.replace(
     "  gated:\n    type: command\n    working_directory: ./workspace\n"
     "    allowed_commands: [touch]\n    require_approval: true\n", 1,
 ).replace("agents:\n", "agents:\n  gate:\n    tools: [gated]\n", 1).replace(
-    "max_output_bytes: 1MiB", "max_output_bytes: 256KiB", 1)
+    "max_output_bytes: 1MiB", "max_output_bytes: 256KiB", 1).replace(
+    "tools:\n", "runs:\n  retention: 2s\ntools:\n", 1)
 """The test policy, with an agent whose calls need approval (the caller may approve its
-own) and a smaller output limit, so that floods end sooner."""
+own), a smaller output limit, so that floods end sooner, and a short retention of finished
+runs: their output is held by design (64 MiB at most, ``calls.RETAINED_BYTES``), and the
+footprint is judged once every run is forgotten."""
 TOLERANCE = 0.10
 SETTLE_SECONDS = 60.0
 
@@ -262,10 +265,11 @@ def footprint(daemon: psutil.Process, parents: list[Path]) -> Footprint:
                      busy_cgroups=tuple(busy))
 
 
-def audited(d: Daemon) -> tuple[Counter[str], Counter[str]]:
-    """run.started and run.exited events, counted by run id."""
+def audited(d: Daemon) -> tuple[Counter[str], Counter[str], Counter[str]]:
+    """run.started, run.exited and run.forgotten events, counted by run id."""
     started: Counter[str] = Counter()
     exited: Counter[str] = Counter()
+    forgotten: Counter[str] = Counter()
     for line in list(d.stderr_lines):
         try:
             record = json.loads(line)
@@ -276,7 +280,9 @@ def audited(d: Daemon) -> tuple[Counter[str], Counter[str]]:
                 started[record["run_id"]] += 1
             elif record.get("event") == "run.exited":
                 exited[record["run_id"]] += 1
-    return started, exited
+            elif record.get("event") == "run.forgotten":
+                forgotten[record["run_id"]] += 1
+    return started, exited, forgotten
 
 
 def settle(d: Daemon, daemon: psutil.Process, parents: list[Path]) -> Footprint:
@@ -284,10 +290,10 @@ def settle(d: Daemon, daemon: psutil.Process, parents: list[Path]) -> Footprint:
     is after SETTLE_SECONDS."""
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
-        started, exited = audited(d)
+        started, exited, forgotten = audited(d)
         now = footprint(daemon, parents)
-        idle = (set(started) <= set(exited) and not now.strays and not now.zombies
-                and not now.busy_cgroups)
+        idle = (set(started) <= set(exited) <= set(forgotten) and not now.strays
+                and not now.zombies and not now.busy_cgroups)
         if idle or time.monotonic() > deadline:
             return now
         time.sleep(0.2)  # a bench polls: the tests' never-sleep rule is for assertions
@@ -374,7 +380,7 @@ def soak(root: Path, count: int, seconds: float, seed: int = 1,
         tally = Tally()
         clients(d.target, count, seconds, seed, tally)
         end = settle(d, daemon, parents)
-        started, exited = audited(d)
+        started, exited, _ = audited(d)
         report = Report(count, seconds, warm, end, tally, started, exited, d.errors(since))
         report.judge()
         return report
