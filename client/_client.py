@@ -27,6 +27,7 @@ from typing import Any, Literal, overload
 
 import grpc
 
+from execgate.client._balancing import channel_target
 from execgate.client._exceptions import CommandFailedError, ProtocolError, from_rpc_error
 from execgate.client._handles import AsyncRunHandle, Collector, RunHandle
 from execgate.client._local import read_local_token
@@ -74,8 +75,9 @@ _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 4 * 1024 * 1024),
                     ("grpc.keepalive_permit_without_calls", 0)]
 
 
-def resolve_target(target: str | None) -> str:
-    """``target``, else ``$EXECGATE_TARGET``, else the embedded default's address."""
+def resolve_target(target: str | Sequence[str] | None) -> str | Sequence[str]:
+    """``target``, else ``$EXECGATE_TARGET``, else the embedded default's address. A
+    ``dns:///`` name or a list of addresses is balanced over its daemons (``_balancing``)."""
     return target or os.environ.get("EXECGATE_TARGET") or DEFAULT_TARGET
 
 
@@ -250,14 +252,14 @@ def _chunks(data: bytes) -> Iterator[bytes]:
 class Client:
     """A blocking client; one channel, safe to share between threads."""
 
-    def __init__(self, target: str | None = None, *, token: str | None = None,
-                 tls: TLSConfig | None = None) -> None:
-        self.target = resolve_target(target)
+    def __init__(self, target: str | Sequence[str] | None = None, *,
+                 token: str | None = None, tls: TLSConfig | None = None) -> None:
+        self.target, options = channel_target(resolve_target(target))
         token = resolve_token(self.target, token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = (
-            grpc.secure_channel(self.target, tls.credentials(), options=_CHANNEL_OPTIONS)
-            if tls else grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS))
+        options = [*_CHANNEL_OPTIONS, *options]
+        self._channel = (grpc.secure_channel(self.target, tls.credentials(), options=options)
+                         if tls else grpc.insecure_channel(self.target, options=options))
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
@@ -456,14 +458,15 @@ class Client:
 class AsyncClient:
     """An asyncio client; use within one event loop."""
 
-    def __init__(self, target: str | None = None, *, token: str | None = None,
-                 tls: TLSConfig | None = None) -> None:
-        self.target = resolve_target(target)
+    def __init__(self, target: str | Sequence[str] | None = None, *,
+                 token: str | None = None, tls: TLSConfig | None = None) -> None:
+        self.target, options = channel_target(resolve_target(target))
         token = resolve_token(self.target, token)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [*_CHANNEL_OPTIONS, *options]
         self._channel = (
-            grpc.aio.secure_channel(self.target, tls.credentials(), options=_CHANNEL_OPTIONS)
-            if tls else grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS))
+            grpc.aio.secure_channel(self.target, tls.credentials(), options=options)
+            if tls else grpc.aio.insecure_channel(self.target, options=options))
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
