@@ -8,6 +8,7 @@ listed at once with its key path, as the loader does for the file itself.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from execgate.daemon.policy import ConfinementError, Policy
 
 NR_OPEN = Path("/proc/sys/fs/nr_open")
 """The kernel's ceiling on RLIMIT_NOFILE on this host."""
+MIN_CLUSTER_KEY = 16
+"""Characters of the fleet's shared secret, at least."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,24 @@ def _confinement_problems(config: PolicyConfig, base: Path, tools: list[str]) ->
     return problems
 
 
+def _cluster_problems(config: PolicyConfig) -> list[str]:
+    cluster = config.server.cluster
+    if cluster is None:
+        return []
+    problems = []
+    if importlib.util.find_spec("redis") is None:
+        problems.append("server.cluster needs the Redis client: pip install execgate[cluster]")
+    host, sep, port = cluster.advertise.rpartition(":")
+    if not (host and sep and port.isdigit()):
+        problems.append(f"server.cluster.advertise: {cluster.advertise!r} is not HOST:PORT, "
+                        "the address this daemon's peers reach it at")
+    if len(os.environ.get(cluster.key_env, "")) < MIN_CLUSTER_KEY:
+        problems.append(f"server.cluster.key_env: set {cluster.key_env} to the fleet's shared "
+                        f"secret (at least {MIN_CLUSTER_KEY} characters, the same on every "
+                        "host)")
+    return problems
+
+
 def _open_files_problems(config: PolicyConfig) -> list[str]:
     try:
         nr_open = int(NR_OPEN.read_text())
@@ -167,6 +188,7 @@ def preflight(config: PolicyConfig, source: str, base: Path, listen: Sequence[st
     problems += [p for p in jails.values() if p is not None]
     problems += _confinement_problems(config, base, [n for n, p in jails.items() if p is None])
     problems += _open_files_problems(config)
+    problems += _cluster_problems(config)
     if problems:
         raise ConfigError(source, problems, marks=marks)
     return Preflight(Policy(config, base), found)

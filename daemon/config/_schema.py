@@ -8,6 +8,7 @@ the loader; keys of features not enforced yet parse here and are reported by ``u
 from __future__ import annotations
 
 import re
+import socket
 import string
 from typing import Annotated, Any, Literal
 
@@ -449,6 +450,42 @@ class TlsConfig(_Strict):
     Empty (e.g. from ``${CLIENT_CA:-}``) means none."""
 
 
+class ClusterConfig(_Strict):
+    """A fleet: daemons sharing approvals, rate limits and runs through Redis (or Valkey).
+    Off when absent: a single daemon keeps its state in memory and needs no Redis (nor the
+    ``cluster`` extra: ``pip install execgate[cluster]``)."""
+
+    redis_url: str
+    """Where the fleet's Redis is: ``unix:///run/redis/redis.sock`` or
+    ``redis://HOST:6379/0`` (``rediss://`` for TLS); credentials in it may come from
+    ``${VAR}``."""
+    host_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200,
+                         pattern=r"^[A-Za-z0-9._-]+$")
+    """This daemon's name in the fleet (unique in it); default: the host name."""
+    namespace: str = Field(default="execgate", min_length=1, max_length=100,
+                           pattern=r"^[A-Za-z0-9._-]+$")
+    """Prefix of every key (``NAMESPACE:KIND:...``), so that fleets can share one Redis."""
+    lease: Duration = Field(default=15.0, ge=1.0)
+    """A host's heartbeat key lives this long, refreshed every third of it; the runs of a
+    host whose lease expired are LOST."""
+    advertise: str
+    """This daemon's gRPC address as its peers reach it (``HOST:PORT``)."""
+    on_redis_down: Literal["closed", "local"] = "closed"
+    """Rate limits while Redis is unreachable: ``closed`` refuses calls (UNAVAILABLE),
+    ``local`` falls back to this daemon's own bucket. Approvals always fail closed."""
+    key_env: str = Field(default="EXECGATE_CLUSTER_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable holding the fleet's shared secret, with which daemons
+    authenticate their calls to each other."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value.split('://')[0]!r} is not a Redis URL: write "
+                             "redis://HOST:PORT/DB, rediss://... or unix:///PATH")
+        return value
+
+
 class ServerConfig(_Strict):
     """Listeners, the daemon-side PATH and server-wide bounds."""
 
@@ -477,6 +514,8 @@ class ServerConfig(_Strict):
     """Tool calls a minute, globally or per principal."""
     observability: ObservabilityConfig = ObservabilityConfig()
     """Metrics and tracing."""
+    cluster: ClusterConfig | None = None
+    """A fleet sharing approvals, rate limits and runs through Redis; off when absent."""
     cors: Any = _ignored("execgated speaks gRPC, not HTTP.")
 
 

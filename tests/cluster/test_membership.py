@@ -1,0 +1,53 @@
+"""A daemon with server.cluster joins the fleet: its lease in Redis, checked config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from tests.cluster.conftest import Fleet, RedisServer, cluster_policy
+from tests.conftest import TEST_POLICY
+
+
+def test_each_host_holds_its_lease_with_its_advertised_address(
+        fleet: Fleet, redis_server: RedisServer) -> None:
+    """Every host's key is namespaced and expires unless refreshed."""
+    with redis.Redis(unix_socket_path=str(redis_server.socket)) as r:
+        for n in (1, 2, 3):
+            assert r.get(f"execgate:host:host-{n}") == b"127.0.0.1:1"
+            assert 0 < r.pttl(f"execgate:host:host-{n}") <= 3000
+
+
+def test_a_stopped_host_withdraws_its_lease(fleet: Fleet, redis_server: RedisServer) -> None:
+    fleet.hosts[2].stop()
+    with redis.Redis(unix_socket_path=str(redis_server.socket)) as r:
+        assert r.get("execgate:host:host-3") is None
+        assert r.get("execgate:host:host-1") is not None
+
+
+def test_check_config_requires_the_fleet_secret(tmp_path: Path) -> None:
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "policy.yaml").write_text(
+        cluster_policy("unix:///nowhere.sock", "host-1", policy=TEST_POLICY))
+    result = subprocess.run(
+        [sys.executable, "-m", "execgate.daemon.cli", "check-config", "--config",
+         str(tmp_path / "policy.yaml")], cwd=tmp_path, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20}, timeout=60)
+    assert result.returncode != 0
+    assert "server.cluster.key_env: set EXECGATE_CLUSTER_KEY" in result.stderr + result.stdout
+
+
+def test_a_redis_url_of_another_scheme_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "policy.yaml").write_text(
+        cluster_policy("http://redis:6379", "host-1", policy=TEST_POLICY))
+    result = subprocess.run(
+        [sys.executable, "-m", "execgate.daemon.cli", "check-config", "--config",
+         str(tmp_path / "policy.yaml")], cwd=tmp_path, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20,
+             "EXECGATE_CLUSTER_KEY": "s" * 20}, timeout=60)
+    assert result.returncode != 0
+    assert "is not a Redis URL" in result.stderr + result.stdout
