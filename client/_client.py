@@ -50,6 +50,7 @@ from execgate.client._models import (
     TLSConfig,
     ToolInfo,
 )
+from execgate.client._tracing import trace_metadata
 from execgate.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -256,13 +257,18 @@ class Client:
                  token: str | None = None, tls: TLSConfig | None = None) -> None:
         self.target, options = channel_target(resolve_target(target))
         token = resolve_token(self.target, token)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._credentials = (("authorization", f"Bearer {token}"),) if token else ()
         options = [*_CHANNEL_OPTIONS, *options]
         self._channel = (grpc.secure_channel(self.target, tls.credentials(), options=options)
                          if tls else grpc.insecure_channel(self.target, options=options))
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """Each call's metadata: the credentials, and the caller's trace context if any."""
+        return self._credentials + trace_metadata()
 
     def __enter__(self) -> Client:
         return self
@@ -462,7 +468,7 @@ class AsyncClient:
                  token: str | None = None, tls: TLSConfig | None = None) -> None:
         self.target, options = channel_target(resolve_target(target))
         token = resolve_token(self.target, token)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._credentials = (("authorization", f"Bearer {token}"),) if token else ()
         options = [*_CHANNEL_OPTIONS, *options]
         self._channel = (
             grpc.aio.secure_channel(self.target, tls.credentials(), options=options)
@@ -470,6 +476,11 @@ class AsyncClient:
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """Each call's metadata: the credentials, and the caller's trace context if any."""
+        return self._credentials + trace_metadata()
 
     async def __aenter__(self) -> AsyncClient:
         return self

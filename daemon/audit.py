@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +51,8 @@ class AuditRecord:
     """``info``, ``warning`` or ``error``."""
     fields: Mapping[str, Any] = field(default_factory=dict)
     """Everything else the event records, envelope included."""
+    call: CallContext | None = None
+    """The gRPC call it happened in, if any."""
 
 
 class Observer(Protocol):
@@ -66,15 +69,27 @@ class CallContext:
     rpc: str
     peer: str
     request_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    traceparent: str = ""
+    """The caller's W3C trace context (``traceparent`` metadata), for tracing to continue;
+    never trusted for anything else."""
+    tracestate: str = ""
+    """The caller's W3C ``tracestate`` metadata."""
+    arrived: float = field(default_factory=time.monotonic)
+    """When the call arrived (``time.monotonic``)."""
 
 
 _call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
     "audit_call", default=None)
+TRACE_CONTEXT_CHARS = 512
+"""The longest trace context header kept (W3C's tracestate limit): more is not carried."""
 
 
-def enter_call(rpc: str, peer: str) -> CallContext:
+def enter_call(rpc: str, peer: str, traceparent: str = "", tracestate: str = "",
+               ) -> CallContext:
     """Mark the running task as serving one call: its events carry the call's envelope."""
-    context = CallContext(rpc=rpc, peer=peer)
+    context = CallContext(rpc=rpc, peer=peer,
+                          traceparent=traceparent[:TRACE_CONTEXT_CHARS],
+                          tracestate=tracestate[:TRACE_CONTEXT_CHARS])
     _call.set(context)
     return context
 
@@ -110,7 +125,7 @@ class Audit:
                       **fields}
         fields["success"] = success
         getattr(self._log, level)(event, **fields)
-        record = AuditRecord(event, level, fields)
+        record = AuditRecord(event, level, fields, call)
         for observer in self._observers:
             try:
                 observer.observe(record)
@@ -142,11 +157,19 @@ class Audit:
             arguments=sorted(call.arguments), cwd=call.cwd, env=sorted(call.env),
             kind=denial.kind.value, rule=denial.rule, reason=denial.message)
 
-    def started(self, run_id: str, principal: Principal, plan: Plan) -> None:
-        """A call allowed: exactly what runs (its secrets redacted)."""
+    def started(self, run_id: str, principal: Principal, plan: Plan,
+                spawn_seconds: float = 0.0) -> None:
+        """A call allowed: exactly what runs (its secrets redacted), and how long its process
+        took to start (``spawn_seconds``, ending now) and the call waited before (since it
+        arrived, approval included)."""
         fields: dict[str, Any] = {"agent": plan.agent, "tool": plan.tool,
                                   "executable": plan.executable,
-                                  "timeout": plan.limits.timeout}
+                                  "timeout": plan.limits.timeout,
+                                  "spawn_seconds": round(spawn_seconds, 6)}
+        call = _call.get()
+        if call is not None:
+            waited = time.monotonic() - spawn_seconds - call.arrived
+            fields["queue_wait_seconds"] = round(max(waited, 0.0), 6)
         if isinstance(plan, CommandPlan):
             fields.update(argv=self._redact(plan.argv), cwd=str(plan.cwd),
                           env=sorted(plan.env))

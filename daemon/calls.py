@@ -187,6 +187,7 @@ class Calls:
             self._audit.denied(principal, admitted.call, denial)
             raise
         run_id = uuid.uuid4().hex
+        spawning = time.monotonic()  # the spawn latency the audit (and metrics) record
         try:
             run = self._spawn(plan, admitted.layers, run_id, principal)
         except (OSError, Denial) as exc:
@@ -195,7 +196,7 @@ class Calls:
                 raise
             raise Denial(DenialKind.UNAVAILABLE,
                          f"could not start {plan.executable}: {exc.strerror}") from None
-        self._audit.started(run_id, principal, plan)
+        self._audit.started(run_id, principal, plan, time.monotonic() - spawning)
         entry = RunEntry(id=run_id, principal=principal, plan=plan, run=run,
                          replay=Replay(runs.replay_bytes), runs=runs, detached=detach,
                          started_at=self._wall_clock())

@@ -90,6 +90,23 @@ class Observing:
             self._closers.append(server)
             self.audit.subscribe(metrics)
             log.info("metrics.listening", address=server.address)
+        if observability.tracing.enabled:
+            self._trace(observability)
+
+    def _trace(self, observability: ObservabilityConfig) -> None:
+        """Spans for each call; without the otel extra the daemon serves all the same (a
+        record of calls, not a protection), and says no spans leave."""
+        try:
+            from execgate.daemon.tracing import Tracing
+        except ImportError:
+            log.warning("tracing.unavailable", reason="the otel extra is not installed (pip "
+                        "install 'execgate[otel]'); no spans are exported")
+            return
+        config = observability.tracing
+        tracing = Tracing(config.service_name, config.endpoint)
+        self._closers.append(tracing)
+        self.audit.subscribe(tracing)
+        log.info("tracing.exporting", endpoint=config.endpoint or "the OTLP default")
 
     def reopen(self) -> None:
         """Continue the audit chain in a new file if the old one was moved away."""

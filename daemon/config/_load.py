@@ -230,11 +230,9 @@ def unenforced(config: PolicyConfig) -> list[str]:
     auth = config.server.auth
     if auth.enabled and auth.excluded_paths and not auth.require_auth:
         out.append("server.auth.excluded_paths: has no effect when require_auth is false")
-    if config.server.observability.tracing.enabled:
-        out.append("server.observability.tracing: " + (
-            "spans are not exported yet" if tracing_installed() else
-            "the otel extra is not installed (pip install 'execgate[otel]'); no spans are "
-            "exported"))
+    if config.server.observability.tracing.enabled and not tracing_installed():
+        out.append("server.observability.tracing: the otel extra is not installed "
+                   "(pip install 'execgate[otel]'); no spans are exported")
     return out
 
 
@@ -243,7 +241,7 @@ def tracing_installed() -> bool:
     try:
         return all(importlib.util.find_spec(name) is not None for name in (
             "opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.grpc"))
-    except ModuleNotFoundError:  # a parent package is missing
+    except ImportError:  # a parent package is missing (or broken: it fails to import)
         return False
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -45,7 +45,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _wrapped(handler, details.method, self._authenticate)
 
     async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        enter_call(method, context.peer())  # every audit event of this call carries it
+        metadata = context.invocation_metadata() or ()
+        # every audit event of this call carries it; tracing continues the caller's trace
+        enter_call(method, context.peer(), *trace_context(metadata))
         try:
             uid = None
             if self._unix_peer is not None:
@@ -54,7 +56,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     raise AuthenticationFailed(
                         "relay_only", "this listener serves the unix socket relay only")
             principal = await self._current.get().authenticator.authenticate(
-                method, context.invocation_metadata() or (),
+                method, metadata,
                 certificate_identity(context.auth_context()), uid,
                 source=f"uid:{uid}" if uid is not None else peer_address(context.peer()))
         except Denial as denial:
@@ -63,6 +65,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if principal.authenticated:
             self._audit.authenticated(principal)
         current_principal.set(principal)
+
+
+def trace_context(metadata: Sequence[tuple[str, str | bytes]]) -> tuple[str, str]:
+    """The caller's W3C ``traceparent`` and ``tracestate`` metadata ("" when absent): where
+    its trace continues, nothing more (identity never comes from metadata)."""
+    found = {key: value for key, value in metadata
+             if key in ("traceparent", "tracestate") and isinstance(value, str)}
+    return found.get("traceparent", ""), found.get("tracestate", "")
 
 
 def peer_address(peer: str) -> str:

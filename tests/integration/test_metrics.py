@@ -72,6 +72,21 @@ def test_counters_move_by_exactly_what_the_calls_did(daemon: Daemon) -> None:
     assert moved[("execgate_run_duration_seconds_count", (("tool", "shell"),))] == 2.0
 
 
+def test_spawn_and_queue_wait_histograms_count_each_run_once(daemon: Daemon) -> None:
+    """Every run started is one spawn and one queue wait; a denied call is neither."""
+    before = _scrape(daemon)
+    with daemon.client() as c:
+        c.run(["true"], agent="dev")
+        c.run(["false"], agent="dev")
+        with pytest.raises(PolicyDeniedError):
+            c.run(["rm", "x"], agent="dev")
+    moved = _moved(before, _scrape(daemon))
+    counts = {k: v for k, v in moved.items() if k[0].endswith("_count")
+              and k[0].startswith(("execgate_spawn_", "execgate_queue_wait_"))}
+    assert counts == {("execgate_spawn_seconds_count", (("tool", "shell"),)): 2.0,
+                      ("execgate_queue_wait_seconds_count", (("tool", "shell"),)): 2.0}
+
+
 def test_nothing_is_running_once_calls_have_ended(daemon: Daemon) -> None:
     with daemon.client() as c:
         c.run(["true"], agent="dev")
