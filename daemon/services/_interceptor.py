@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from execgate.daemon.audit import Audit, enter_call
 from execgate.daemon.auth import AuthenticationFailed, current_principal, failure_reason
 from execgate.daemon.model import Denial, DenialKind
-from execgate.daemon.services._errors import abort
+from execgate.daemon.services._errors import abort, unchain
 from execgate.daemon.snapshot import Current
 from execgate.daemon.tls import certificate_identity
 
@@ -132,16 +132,24 @@ def _wrapped(handler: grpc.RpcMethodHandler, method: str,
     wrapper: Callable[..., Any]
     if inspect.isasyncgenfunction(behavior):
         async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await authenticate(method, context)
-            await _parsed(method, request, context)
-            async for response in behavior(request, context):
-                yield response
+            try:
+                await authenticate(method, context)
+                await _parsed(method, request, context)
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError as aborted:
+                unchain(aborted)  # a bare raise adds no frame (with its context) back
+                raise
         wrapper = stream_out
     else:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await authenticate(method, context)
-            await _parsed(method, request, context)
-            return await behavior(request, context)
+            try:
+                await authenticate(method, context)
+                await _parsed(method, request, context)
+                return await behavior(request, context)
+            except grpc.aio.AbortError as aborted:
+                unchain(aborted)
+                raise
         wrapper = call
     # A stream's messages are parsed as the handler reads them; it answers for those itself.
     deserialize = (handler.request_deserializer if handler.request_streaming
