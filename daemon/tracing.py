@@ -6,8 +6,9 @@ One span per tool call (an Execute, kind SERVER), continuing the caller's W3C tr
 (its ``traceparent`` and ``tracestate`` metadata), with a child for each step it went
 through: ``authenticate``, ``policy`` (decision and rule), ``approval`` (the wait for a
 person), ``spawn`` and ``run`` (how it ended, bytes). A call's spans are built when the
-call ends (its run exited, or it was refused), from the times its records were seen; a
-detached run's call ends with its run.
+call ends (its run exited, or it was refused), from the times its records were seen, and
+handed to the batch processor finished; a detached run's call ends with its run. A caller's
+trace that is not sampled (its ``traceparent`` flags) is not exported; every other call is.
 
 Spans carry only what the audit already records, and of that only names, decisions, rules,
 reason codes, ids and sizes: never an argv, a subject, a peer, an environment value or a
@@ -24,12 +25,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 try:
-    from opentelemetry.context import Context
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-    from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import (
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+        get_current_span,
+    )
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError as missing:  # the daemon runs without the extra: it says so and goes on
     raise ImportError("tracing needs the otel extra: pip install 'execgate[otel]'",
@@ -42,6 +51,8 @@ TRACED_RPC = "/execgate.v1.ExecService/Execute"
 MAX_OPEN_CALLS = 10_000
 """Calls followed at once; past it the oldest is dropped unexported. A call that ends
 without a record saying so (a caller gone before its first message) must not pile up."""
+_SCOPE = InstrumentationScope("execgate.daemon")
+_UNSET, _ERROR = Status(StatusCode.UNSET), Status(StatusCode.ERROR)
 _CALL_STEPS = frozenset({"auth.succeeded", "auth.failed", "call.denied", "approval.requested",
                          "run.started"})
 """The records that begin or continue a call (a run forgotten later does neither)."""
@@ -95,11 +106,9 @@ class Tracing:
                  exporter: SpanExporter | None = None) -> None:
         """Spans of ``service_name``, to the OTLP/gRPC collector at ``endpoint`` (None: the
         SDK's default and environment), or to ``exporter``."""
-        self._provider = TracerProvider(
-            resource=Resource.create({"service.name": service_name}))
-        self._provider.add_span_processor(BatchSpanProcessor(
-            exporter or OTLPSpanExporter(endpoint=endpoint)))
-        self._tracer = self._provider.get_tracer("execgate.daemon")
+        self._resource = Resource.create({"service.name": service_name})
+        self._processor = BatchSpanProcessor(exporter or OTLPSpanExporter(endpoint=endpoint))
+        self._ids = RandomIdGenerator()
         self._propagator = TraceContextTextMapPropagator()
         self._lock = threading.Lock()  # records come from the loop and the helper's watcher
         self._calls: OrderedDict[str, _Call] = OrderedDict()
@@ -124,7 +133,7 @@ class Tracing:
 
     def close(self) -> None:
         """Export what has ended and stop (calls still going on are not exported)."""
-        self._provider.shutdown()
+        self._processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK's, untyped
 
     # -- a call's records ----------------------------------------------------------------
 
@@ -203,25 +212,39 @@ class Tracing:
                 del index[key]
 
     def _end(self, call: _Call, now: int, error: str | None) -> None:
-        """Export the call's span and its steps' spans."""
+        """Export the call's span and its steps' spans, unless the caller's trace context
+        says its trace is not sampled."""
         self._forget(call)
         context = call.context
         carrier = {k: v for k, v in (("traceparent", context.traceparent),
                                      ("tracestate", context.tracestate)) if v}
-        parent = self._propagator.extract(carrier) if carrier else Context()
+        parent: SpanContext | None = get_current_span(
+            self._propagator.extract(carrier)).get_span_context()
+        if parent is None or not parent.is_valid:
+            parent = None
+        elif not parent.trace_flags.sampled:
+            return
+        span = SpanContext(parent.trace_id if parent else self._ids.generate_trace_id(),
+                           self._ids.generate_span_id(), is_remote=False,
+                           trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                           trace_state=parent.trace_state if parent else None)
         service, _, method = context.rpc.lstrip("/").partition("/")
-        span = self._tracer.start_span(
-            context.rpc.lstrip("/"), context=parent, kind=SpanKind.SERVER,
-            start_time=call.arrived,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
-                        "execgate.request_id": context.request_id, **call.attributes})
-        inside = set_span_in_context(span)
+        self._export(context.rpc.lstrip("/"), span, parent, call.arrived, now, {
+            "rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+            "execgate.request_id": context.request_id, **call.attributes},
+            Status(StatusCode.ERROR, error) if error is not None else _UNSET,
+            SpanKind.SERVER)
         for step in call.steps:
-            child = self._tracer.start_span(step.name, context=inside, start_time=step.start,
-                                            attributes=step.attributes)
-            if step.failed:
-                child.set_status(Status(StatusCode.ERROR))
-            child.end(end_time=step.end)
-        if error is not None:
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(end_time=now)
+            child = SpanContext(span.trace_id, self._ids.generate_span_id(), is_remote=False,
+                                trace_flags=span.trace_flags, trace_state=span.trace_state)
+            self._export(step.name, child, span, step.start, step.end, step.attributes,
+                         _ERROR if step.failed else _UNSET)
+
+    def _export(self, name: str, span: SpanContext, parent: SpanContext | None, start: int,
+                end: int, attributes: Attributes, status: Status,
+                kind: SpanKind = SpanKind.INTERNAL) -> None:
+        # A finished span, straight to the batch processor: the spans are built once their
+        # times are known, so the tracer's live-span machinery would only cost time.
+        self._processor.on_end(ReadableSpan(
+            name, span, parent, self._resource, attributes, kind=kind, status=status,
+            start_time=start, end_time=end, instrumentation_scope=_SCOPE))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from execgate.client import ApprovalDecision, PolicyDeniedError
 from tests.conftest import API_KEY, TEST_POLICY, Daemon, start_daemon
@@ -154,9 +155,21 @@ def test_a_call_without_trace_context_starts_a_trace(daemon: Daemon,
                                                      collector: Collector) -> None:
     with daemon.client() as c:
         run_id = c.run(["true"], agent="dev").run_id
-    run = collector.first(lambda s: _attributes(s).get("execgate.run_id") == run_id)
+    run = collector.first(lambda s: s.name == "run"
+                          and _attributes(s).get("execgate.run_id") == run_id)
     call = collector.first(lambda s: s.span_id == run.parent_span_id)
     assert call.parent_span_id == b""
+
+
+def test_a_callers_unsampled_trace_is_not_exported(daemon: Daemon,
+                                                  collector: Collector) -> None:
+    """The caller's sampling decision (its traceparent flags) holds for the daemon's spans."""
+    unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("agent")
+    with unsampled.start_as_current_span("agent.step") as caller:
+        _run(["true"])(daemon)
+    _traced(daemon, collector, STEPS, _run(["true"]))  # exported after it, had it been
+    trace_id = caller.get_span_context().trace_id.to_bytes(16, "big")
+    assert not [s for s in collector.spans if s.trace_id == trace_id]
 
 
 def test_no_secret_appears_in_any_span(daemon: Daemon, collector: Collector) -> None:
