@@ -62,10 +62,11 @@ _APPROVAL_ENDS = frozenset({"approval.approved", "approval.denied", "approval.ex
 
 @dataclass(frozen=True)
 class _Step:
+    """One step of a call, from ``start`` to ``end`` (wall-clock nanoseconds)."""
+
     name: str
     start: int
     end: int
-    """Wall-clock nanoseconds."""
     attributes: Attributes
     failed: bool = False
 
@@ -84,6 +85,7 @@ class _Call:
     asked: int = 0
     """When an approval request went out (0: none pending)."""
     run_started: int = 0
+    """When its run started (0: not yet)."""
 
     def step(self, name: str, start: int, end: int, attributes: Mapping[str, Any],
              failed: bool = False) -> None:
@@ -110,7 +112,7 @@ class Tracing:
         self._processor = BatchSpanProcessor(exporter or OTLPSpanExporter(endpoint=endpoint))
         self._ids = RandomIdGenerator()
         self._propagator = TraceContextTextMapPropagator()
-        self._lock = threading.Lock()  # records come from the loop and the helper's watcher
+        self._lock = threading.Lock()  # the audit may be called from any thread
         self._calls: OrderedDict[str, _Call] = OrderedDict()
         """Calls going on, by request id, the oldest first."""
         self._approvals: dict[str, _Call] = {}
