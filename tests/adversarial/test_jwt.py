@@ -259,7 +259,7 @@ def test_a_megabyte_authorization_header_is_refused(daemon: Daemon) -> None:
 
 def test_other_metadata_cannot_claim_another_identity(daemon: Daemon) -> None:
     with Client(daemon.target, token="test-key-0123456789") as c:
-        c._metadata = (*c._metadata, ("x-subject", "admin"), ("sub", "admin"))
+        c._credentials = (*c._credentials, ("x-subject", "admin"), ("sub", "admin"))
         run_id = c.run(["echo", "x"], agent="dev").run_id
     assert daemon.audit("run.started", run_id=run_id)[0]["subject"] == "ci"
 
