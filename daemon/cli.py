@@ -18,6 +18,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import argparse
 import asyncio
+import atexit
 import importlib.metadata
 import logging
 import secrets
@@ -42,6 +43,7 @@ from execgate.daemon.config import (
     policy_schema_text,
     unenforced,
 )
+from execgate.daemon.logsink import BatchedLoggerFactory
 from execgate.daemon.preflight import Preflight, make_policy, preflight
 from execgate.daemon.sandbox import HostSupport, Spawner
 from execgate.daemon.server import StartupError, sandbox_report, serve
@@ -58,12 +60,14 @@ def configure_logging(config: LoggerConfig) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if config.format == "json"
         else structlog.dev.ConsoleRenderer(colors=False))
+    factory = BatchedLoggerFactory(sys.stderr)
     structlog.configure(
         processors=[structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso", utc=True), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True)
+    atexit.register(factory.logger.flush)
 
 
 def _check_config(path: Path, listen: list[str], strict: bool = False) -> int:

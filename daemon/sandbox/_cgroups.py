@@ -166,9 +166,12 @@ class JobCgroups:
 
 def events(counters: list[Counter]) -> Events:
     """How often a job hit its limits since ``counters`` were taken: OOM kills and refused
-    forks (plain file reads: the daemon calls it)."""
+    forks (plain file reads: the daemon calls it). The counters are taken anew, for the
+    init's next job."""
     out = {"oom_kills": 0, "pids_max_hits": 0}
     for counter in counters:
         with contextlib.suppress(OSError, ValueError):
-            out[counter["name"]] += field(counter["path"], counter["key"]) - counter["base"]
+            value = field(counter["path"], counter["key"])
+            out[counter["name"]] += value - counter["base"]
+            counter["base"] = value
     return out

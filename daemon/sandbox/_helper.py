@@ -88,7 +88,8 @@ class Init:
 
 
 _PROBE_KIND = Kind(flags=0, tmp_dir="/tmp", tmp_size=1 << 20, landlock=None, cgroup=None,
-                   view=View(read=list(DEFAULT_READ_PATHS), write=[], unix_sockets=[]))
+                   view=View(read=list(DEFAULT_READ_PATHS), write=[], unix_sockets=[]),
+                   jail=None, rlimits={}, uid=None, gid=None)
 
 
 def start_init(flags: int, view_root: str, kind: Kind | None = None,

@@ -92,10 +92,19 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
     """
     # openat2 refuses a mode without O_CREAT (EINVAL), unlike open(2), which ignores it.
     how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
-    fd = int(_libc.syscall(ctypes.c_long(_syscall_number("openat2")), ctypes.c_int(dir_fd),
-                           os.fsencode(path or "."), ctypes.byref(how),
-                           ctypes.c_size_t(ctypes.sizeof(how))))
-    if fd < 0:
+    for _ in range(_OPENAT2_TRIES):
+        fd = int(_libc.syscall(ctypes.c_long(_syscall_number("openat2")),
+                               ctypes.c_int(dir_fd), os.fsencode(path or "."),
+                               ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+        if fd >= 0:
+            return fd
         errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-    return fd
+        # EAGAIN: a ".." met a rename or mount anywhere on the host while it resolved
+        # (RESOLVE_BENEATH cannot then prove it stayed beneath); the kernel asks for a retry.
+        if errno != 11:
+            break
+    raise OSError(errno, os.strerror(errno))
+
+
+_OPENAT2_TRIES = 64
+"""Attempts before a ".." lookup that keeps meeting renames elsewhere is given up (EAGAIN)."""

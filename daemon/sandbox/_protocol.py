@@ -5,8 +5,9 @@ Three parties, three conversations (each over its own SOCK_SEQPACKET socket, see
 - daemon -> helper: ``Want`` (more inits of a kind), ``Forget`` (a kind no longer
   pooled), ``Ping``; helper -> daemon: ``Ready`` (once: what the host supports), ``Offer``
   (an init, its socket and pidfd attached), ``Refused``, ``Pong``.
-- daemon -> init: the ``JobSpec``, with the job's stdin, stdout and stderr attached;
-  init -> daemon: one ``Report``. The helper is not on a job's path at all: it only makes
+- daemon -> init: a ``JobSpec``, with the job's stdin, stdout and stderr attached, then any
+  ``Signal`` for it; init -> daemon: the job's ``Report``, which says whether the init takes
+  another job of its kind. The helper is not on a job's path at all: it only makes
   inits, ahead of need, and reaps them.
 
 Plain module (TypedDicts): the helper and the inits import it, with no asyncio or structlog.
@@ -42,7 +43,7 @@ class CgroupLimits(TypedDict):
 
 
 class Kind(TypedDict):
-    """What an init prepares before its job, and so what the jobs of one pool share: in
+    """What an init prepares before its jobs, and so what the jobs of one pool share: in
     effect, the tool's confinement. Its canonical JSON is the pool's key."""
 
     flags: int
@@ -53,20 +54,31 @@ class Kind(TypedDict):
     view: View | None
     landlock: Rules | None
     cgroup: CgroupLimits | None
+    jail: str | None
+    """The jail the jobs' working directories lie beneath (None: a probe, no jobs)."""
+    rlimits: dict[str, int]
+    uid: int | None
+    """The jobs' user and group (None: the init's own)."""
+    gid: int | None
 
 
 class JobSpec(TypedDict):
-    """What only the job itself says: what runs, where, as whom, with which rlimits."""
+    """What only the job itself says: what runs, where."""
 
     executable: str
     argv: list[str]
     env: dict[str, str]
     cwd: str
     cwd_identity: list[int]
-    jail: str
-    rlimits: dict[str, int]
-    uid: int | None
-    gid: int | None
+    """The working directory's (st_dev, st_ino) when the policy checked it."""
+
+
+class Signal(TypedDict):
+    """Forward ``signal`` to the running command's session (daemon -> init, after the
+    spec: a signal sent to the init could not say which of its jobs it was meant for)."""
+
+    op: Literal["signal"]
+    signal: int
 
 
 class Report(TypedDict):
@@ -75,6 +87,8 @@ class Report(TypedDict):
     status: NotRequired[int]
     rusage: NotRequired[list[float]]
     error: NotRequired[str]
+    again: NotRequired[bool]
+    """The init takes another job of its kind (else it exits)."""
 
 
 class Counter(TypedDict):

@@ -1,10 +1,12 @@
 """The daemon's side of the sandbox: inits in, jobs out, reports in.
 
 The helper makes job inits ahead of need, one pool per kind of job (in effect per tool: its
-view, /tmp, Landlock ruleset and cgroup limits, prepared by the init while it waits), and
-hands each to this process with a pidfd of it. A job goes straight to a waiting init with
-its three pipe ends, and the init's report comes straight back: one hop each way, the
-helper on neither. Only a job whose kind has no waiting init asks the helper for one, and
+view, /tmp, Landlock ruleset, cgroup limits, user and rlimits, prepared by the init while it
+waits), and hands each to this process with a pidfd of it. A job goes straight to a waiting
+init with its three pipe ends, and the init's report comes straight back: one hop each way,
+the helper on neither. An init whose job left nothing behind says so in its report and goes
+back to its pool for the next job of its kind, so that a stream of short commands costs no
+new init at all. Only a job whose kind has no waiting init asks the helper for one, and
 waits for it.
 """
 
@@ -43,12 +45,14 @@ from execgate.daemon.sandbox._protocol import (
     Refused,
     Report,
     Rules,
+    Signal,
     View,
     Want,
 )
 
 POOL_SIZE = 2
-"""Waiting inits per kind of job: enough for a burst to start without making one."""
+"""Waiting inits per kind of job: enough for a burst to start without making one (inits
+back from a job count too)."""
 MAX_KINDS = 8
 """Kinds pooled at once; the least recently used kind's inits go first (a policy with many
 tools keeps working, its rarely used ones cold)."""
@@ -131,6 +135,8 @@ class Spawner:
         self._ids = itertools.count(1)
         self._idle: dict[str, list[_Init]] = {}
         """Waiting inits by kind, the most recently used kind last."""
+        self._reused: set[str] = set()
+        """Kinds whose inits came back from a job: one taken needs no replacement."""
         self._waiting: dict[str, collections.deque[_Waiting]] = {}
         self._running: dict[int, Job] = {}
         self._pongs: dict[int, asyncio.Future[None]] = {}
@@ -167,7 +173,8 @@ class Spawner:
         idle = self._use(key)
         if idle:
             self._dispatch(job, idle.pop(), spec, [stdin, stdout, stderr])
-            self._want(key, kind, urgent=False, count=1)
+            if not idle or key not in self._reused:
+                self._want(key, kind, urgent=False, count=1)
             return job
         # The caller closes its pipe ends when this returns: the waiting job keeps copies.
         waiting = _Waiting(job, spec, [os.dup(fd) for fd in (stdin, stdout, stderr)])
@@ -178,8 +185,9 @@ class Spawner:
         return job
 
     def signal(self, job: Job, sig: int) -> None:
-        """Signal a job's init (it forwards to the command's session; SIGKILL ends the
-        job's pid namespace). A pidfd cannot hit a recycled pid."""
+        """Signal a job: SIGKILL kills its init through a pidfd (which cannot hit a recycled
+        pid), and so the job's whole pid namespace; any other signal goes to the init as a
+        message, which it forwards to the command's session."""
         if sig == signal.SIGKILL:
             job.killed = True
         if job.init is None:
@@ -189,7 +197,10 @@ class Spawner:
                 job.early.append(sig)
             return
         with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(job.init.pidfd, sig)
+            if sig == signal.SIGKILL:
+                signal.pidfd_send_signal(job.init.pidfd, sig)
+            else:
+                _wire.send(job.init.sock, Signal(op="signal", signal=sig))
 
     async def ping(self, timeout: float) -> bool:
         """Whether the helper answers within ``timeout`` seconds: the watchdog's proof that
@@ -219,6 +230,7 @@ class Spawner:
             old = next(iter(self._idle))
             for init in self._idle.pop(old):
                 _close(init)  # end of stream: a waiting init exits by itself
+            self._reused.discard(old)
             self._send(Forget(op="forget", key=old))
         return idle
 
@@ -255,7 +267,10 @@ class Spawner:
         self._loop.remove_reader(init.sock)
         self._running.pop(job.id, None)
         limits = events(init.counters)
-        _close(init)
+        if report is not None and report.get("again") and not job.killed:
+            self._reuse(init)
+        else:
+            _close(init)
         if report is not None:
             job.exited.set_result(_status(cast(Report, report), limits))
         elif job.killed or limits["oom_kills"]:  # killed whole: by us, or by the kernel
@@ -264,6 +279,25 @@ class Spawner:
             # The init died unasked: its helper died (the inits die with it), or it was
             # killed from outside. Which one the helper's socket tells, maybe a moment later.
             self._loop.call_later(0.1, self._init_died, job, init.helper)
+
+    def _reuse(self, init: _Init) -> None:
+        """An init back from a job it left nothing of: into its pool, if its kind is still
+        pooled, made by the running helper, and short of POOL_SIZE waiting."""
+        self._reused.add(init.key)
+        idle = self._idle.get(init.key)
+        if idle is None or len(idle) >= POOL_SIZE or init.helper != self._helper:
+            _close(init)  # end of stream: a waiting init exits by itself
+            return
+        queue = self._waiting.get(init.key)
+        if queue:  # a job is waiting for an init of this kind: it takes this one
+            waiting = queue.popleft()
+            try:
+                self._dispatch(waiting.job, init, waiting.spec, waiting.fds)
+            finally:
+                for fd in waiting.fds:
+                    os.close(fd)
+            return
+        idle.append(init)
 
     def _init_died(self, job: Job, helper: int) -> None:
         if not job.exited.done():
@@ -455,6 +489,7 @@ def job_message(plan: CommandPlan, landlock_abi: int, layers: Layers,
         write += [tmp_dir, "/dev/shm"] if layers.view else [tmp_dir]
     kind = Kind(
         flags=flags, tmp_dir=tmp_dir, tmp_size=c.tmp_size if tmp_dir else 0,
+        jail=str(plan.jail), rlimits=rlimits, uid=c.uid, gid=c.gid,
         view=View(read=list(c.read_paths), write=list(c.write_paths),
                   unix_sockets=list(c.unix_sockets)) if layers.view else None,
         landlock=Rules(read=list(c.read_paths), write=write, deny_tcp=not c.network,
@@ -462,6 +497,5 @@ def job_message(plan: CommandPlan, landlock_abi: int, layers: Layers,
         cgroup=CgroupLimits(pids_max=c.processes, memory_max=c.memory)
         if layers.cgroup else None)
     spec = JobSpec(executable=plan.executable, argv=list(plan.argv), env=env,
-                   cwd=str(plan.cwd), cwd_identity=list(plan.cwd_identity),
-                   jail=str(plan.jail), rlimits=rlimits, uid=c.uid, gid=c.gid)
+                   cwd=str(plan.cwd), cwd_identity=list(plan.cwd_identity))
     return kind, spec

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,6 +198,31 @@ def test_a_signal_reaches_the_commands_trap(client: Client) -> None:
     out, exited = _stdout(events)
     assert b"trapped" in out
     assert (exited.reason, exited.exit_code) == (ExitReason.EXITED, 7)
+
+
+def _state_becomes(pid: int, state: str) -> bool:
+    """Whether process ``pid`` reaches ``state`` (R, S, T ...) within ten seconds."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == state:
+                return True
+        time.sleep(0.01)
+    return False
+
+
+def test_sigstop_and_sigcont_reach_the_command_not_its_init(client: Client) -> None:
+    """A job's init cannot catch SIGSTOP: the daemon hands every signal but SIGKILL to the
+    init as a message, and the init forwards it, so the command stops and resumes."""
+    handle = client.start(["sleep", "312.5"], agent="dev")
+    deadline = time.monotonic() + 10
+    while not (pids := _processes_with("312.5")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the command starts just after the call is accepted
+    handle.signal(signal.SIGSTOP)
+    assert _state_becomes(pids[0], "T")
+    handle.signal(signal.SIGCONT)
+    assert _state_becomes(pids[0], "S")
+    handle.cancel()
 
 
 def test_20_agents_at_once_all_finish_correctly(daemon: Daemon) -> None:
