@@ -368,12 +368,14 @@ def _entries(roots: tuple[str, ...]) -> frozenset[tuple[str, int, int]]:
     found = set()
     for root in roots:
         device = os.lstat(root).st_dev
-        for parent, dirs, files in os.walk(root):
-            for name in dirs + files:
-                path = os.path.join(parent, name)
-                st = os.lstat(path)
-                found.add((path, st.st_ino, st.st_mode))
-            dirs[:] = [d for d in dirs if os.lstat(os.path.join(parent, d)).st_dev == device]
+        pending = [root]
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    st = entry.stat(follow_symlinks=False)
+                    found.add((entry.path, st.st_ino, st.st_mode))
+                    if entry.is_dir(follow_symlinks=False) and st.st_dev == device:
+                        pending.append(entry.path)
     return frozenset(found)
 
 
