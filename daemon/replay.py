@@ -22,6 +22,8 @@ from execgate.daemon.model import Exit, Output, RunEvent, Stream
 
 HIGH_WATER = 2 * 1024 * 1024
 """Bytes a reader may lag behind before the run's output waits for it."""
+MESSAGE_BYTES = 1024 * 1024
+"""The most output one message to a reader carries (chunks gathered for a reader behind)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,7 @@ class Replay:
             while True:
                 chunk = self._next(cursor)
                 if chunk is not None:
-                    yield chunk
+                    yield self._gather(cursor, chunk)
                     self._wake()  # the pump may be waiting for this reader
                     continue
                 if self.exit is not None:
@@ -141,6 +143,25 @@ class Replay:
         finally:
             self._cursors.discard(cursor)
             self._wake()
+
+    def _gather(self, cursor: _Cursor, chunk: Output) -> Output:
+        """``chunk`` and the chunks of its stream that follow it already here, as one (up to
+        MESSAGE_BYTES): a reader that fell behind (its caller is slower than the command)
+        catches up in fewer, bigger messages, each of which costs both ends the same
+        whatever its size; one that keeps up gets each chunk as it comes."""
+        parts = [chunk.data]
+        size = len(chunk.data)
+        while size < MESSAGE_BYTES:
+            seq, offsets = cursor.seq, dict(cursor.offsets)
+            more = self._next(cursor)
+            if (more is None or more.stream is not chunk.stream
+                    or more.offset != chunk.offset + size
+                    or size + len(more.data) > MESSAGE_BYTES):
+                cursor.seq, cursor.offsets = seq, offsets  # left for the next message
+                break
+            parts.append(more.data)
+            size += len(more.data)
+        return chunk if len(parts) == 1 else Output(chunk.stream, chunk.offset, b"".join(parts))
 
     def _next(self, cursor: _Cursor) -> Output | None:
         """The next chunk ``cursor`` has not seen, cut to its offsets; advances it."""
