@@ -281,23 +281,13 @@ class Spawner:
             self._loop.call_later(0.1, self._init_died, job, init.helper)
 
     def _reuse(self, init: _Init) -> None:
-        """An init back from a job it left nothing of: into its pool, if its kind is still
-        pooled, made by the running helper, and short of POOL_SIZE waiting."""
+        """An init back from a job it left nothing of: placed like a new one, unless a
+        helper that has since died made it."""
         self._reused.add(init.key)
-        idle = self._idle.get(init.key)
-        if idle is None or len(idle) >= POOL_SIZE or init.helper != self._helper:
-            _close(init)  # end of stream: a waiting init exits by itself
-            return
-        queue = self._waiting.get(init.key)
-        if queue:  # a job is waiting for an init of this kind: it takes this one
-            waiting = queue.popleft()
-            try:
-                self._dispatch(waiting.job, init, waiting.spec, waiting.fds)
-            finally:
-                for fd in waiting.fds:
-                    os.close(fd)
-            return
-        idle.append(init)
+        if init.helper != self._helper:
+            _close(init)
+        else:
+            self._place(init)
 
     def _init_died(self, job: Job, helper: int) -> None:
         if not job.exited.done():
@@ -344,9 +334,13 @@ class Spawner:
                 pong.set_result(None)
 
     def _offered(self, offer: Offer, fds: list[int]) -> None:
-        init = _Init(offer["key"], offer["pid"], socket.socket(fileno=fds[0]), fds[1],
-                     offer["counters"], self._helper)
-        queue = self._waiting.get(offer["key"])
+        self._place(_Init(offer["key"], offer["pid"], socket.socket(fileno=fds[0]), fds[1],
+                          offer["counters"], self._helper))
+
+    def _place(self, init: _Init) -> None:
+        """A waiting init: to the first job waiting for its kind, else into its pool while
+        the kind is pooled and its pool short of POOL_SIZE, else ended."""
+        queue = self._waiting.get(init.key)
         if queue:
             waiting = queue.popleft()
             try:
@@ -354,10 +348,10 @@ class Spawner:
             finally:
                 for fd in waiting.fds:
                     os.close(fd)
-        elif len(self._idle.get(offer["key"], [None] * POOL_SIZE)) < POOL_SIZE:
-            self._idle[offer["key"]].append(init)
+        elif len(self._idle.get(init.key, [None] * POOL_SIZE)) < POOL_SIZE:
+            self._idle[init.key].append(init)
         else:  # a kind forgotten meanwhile, or made for a job that was withdrawn
-            _close(init)
+            _close(init)  # end of stream: a waiting init exits by itself
 
     def _restart(self) -> None:
         """A helper that died is replaced, so that one crash does not refuse every later call.
