@@ -7,6 +7,11 @@ default); anyone matching ``approvals.approvers`` may decide others' (``Approval
 with self-approval off, only another person can (four-eyes). Requests live in memory only:
 a restarted daemon has none that could be used later. Every request, decision, refusal,
 expiry and withdrawal is audited with the requester, the decider, the id and the digest.
+
+In a fleet (``server.cluster``) a subclass shares them through Redis
+(``execgate.daemon.cluster``): it fills in ``_share``, ``_lookup`` and ``_consume``, and
+holds other hosts' requests here too, marked with their ``host``; the host that asked
+audits a request's life, whichever host decided it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class Pending:
     expires_at: float
     """Wall-clock seconds (for the people reading it)."""
     decision: asyncio.Future[Decision] = field(repr=False)
+    host: str | None = None
+    """In a fleet, the host whose call waits for it; None: this daemon's."""
 
 
 @dataclass(frozen=True)
@@ -90,22 +97,40 @@ class Approvals:
         self._watchers: dict[asyncio.Queue[WatchEvent | None], Principal] = {}
         self._closed = False
 
-    def open(self, requester: Principal, plan: Plan, prompt: str) -> Pending:
+    def start(self) -> None:
+        """Begin hearing of requests asked elsewhere: a fleet's do; alone, none are."""
+
+    async def open(self, requester: Principal, plan: Plan, prompt: str) -> Pending:
         """Register a request; its id goes to the caller and to entitled watchers."""
-        if self._closed:
-            raise Denial(DenialKind.UNAVAILABLE, f"{STOPPING}; nothing ran", "server")
-        if len(self._pending) >= MAX_PENDING:
-            raise Denial(DenialKind.RESOURCE_EXHAUSTED,
-                         f"{MAX_PENDING} approvals are already pending; retry later",
-                         "approvals")
-        pending = Pending(id=secrets.token_hex(16), requester=requester, plan=plan,
-                          digest=plan_digest(plan), prompt=prompt,
-                          expires_at=self._clock() + self._config.timeout,
-                          decision=asyncio.get_running_loop().create_future())
+        pending = self._new(requester, plan, prompt)
+        await self._share(pending)
         self._pending[pending.id] = pending
         self._audit.approval("approval.requested", pending, requester)
         self._publish(pending)
         return pending
+
+    def _new(self, requester: Principal, plan: Plan, prompt: str) -> Pending:
+        if self._closed:
+            raise Denial(DenialKind.UNAVAILABLE, f"{STOPPING}; nothing ran", "server")
+        if sum(p.host is None for p in self._pending.values()) >= MAX_PENDING:
+            raise Denial(DenialKind.RESOURCE_EXHAUSTED,
+                         f"{MAX_PENDING} approvals are already pending; retry later",
+                         "approvals")
+        return Pending(id=secrets.token_hex(16), requester=requester, plan=plan,
+                       digest=plan_digest(plan), prompt=prompt,
+                       expires_at=self._clock() + self._config.timeout,
+                       decision=asyncio.get_running_loop().create_future())
+
+    async def _share(self, pending: Pending) -> None:
+        """A fleet publishes the request before anyone hears of it; alone, nothing to do."""
+
+    async def _lookup(self, approval_id: str) -> Pending | None:
+        """The request ``approval_id`` while it can still be decided."""
+        return self._live(approval_id)
+
+    async def _consume(self, pending: Pending, decision: Decision) -> None:
+        """Make ``decision`` the only one ``pending`` gets; a fleet does so atomically in
+        Redis and raises Denial when another decision, or the expiry, came first."""
 
     async def wait(self, pending: Pending) -> Decision:
         """The approving decision; raises Denial when denied or expired. A cancelled wait
@@ -128,18 +153,19 @@ class Approvals:
                          + "; nothing ran", "approvals")
         return decision
 
-    def decide(self, approval_id: str, approve: bool, reason: str, digest: str,
-               decider: Principal, via_stream: bool = False,
-               own: Pending | None = None) -> None:
+    async def decide(self, approval_id: str, approve: bool, reason: str, digest: str,
+                     decider: Principal, via_stream: bool = False,
+                     own: Pending | None = None) -> None:
         """Apply a decision, or raise Denial (audited) saying why it does not count.
 
         A decision that came on a call's stream (``via_stream``) may decide only that call's
         own request ``own``.
         """
-        pending = self._pending.get(approval_id)
+        pending = await self._lookup(approval_id)
+        decision = Decision(approve=approve, reason=reason[:1024], decider=decider)
         try:
-            if pending is None or pending.decision.done():
-                raise _unknown(approval_id)
+            if pending is None:
+                raise not_pending(approval_id)
             if via_stream and pending is not own:
                 raise Denial(DenialKind.PERMISSION_DENIED,
                              "a call's stream can decide only its own approval", "approvals")
@@ -149,20 +175,31 @@ class Approvals:
                              "approvals")
             if not self.may_decide(decider, pending):
                 raise _not_entitled(decider, pending)
+            await self._consume(pending, decision)
         except Denial as denial:
             self._audit.approval_refused(approval_id, decider, denial, pending)
             raise
-        decision = Decision(approve=approve, reason=reason[:1024], decider=decider)
-        pending.decision.set_result(decision)
-        self._close(pending, "approved" if approve else "denied", decision)
+        self._resolve(pending, decision)
+
+    def _resolve(self, pending: Pending, decision: Decision) -> None:
+        """``decision`` reaches the call waiting for it, if it waits here."""
+        if not pending.decision.done():
+            pending.decision.set_result(decision)
+        self._close(pending, "approved" if decision.approve else "denied", decision)
+
+    def _live(self, approval_id: str) -> Pending | None:
+        pending = self._pending.get(approval_id)
+        if pending is None or pending.decision.done() or pending.expires_at <= self._clock():
+            return None
+        return pending
 
     def find(self, approval_id: str, principal: Principal) -> Pending:
         """The pending request ``approval_id`` if ``principal`` may decide it, so that a
         decision can name what it decides; else raise Denial (audited) saying why not."""
-        pending = self._pending.get(approval_id)
+        pending = self._live(approval_id)
         try:
-            if pending is None or pending.decision.done():
-                raise _unknown(approval_id)
+            if pending is None:
+                raise not_pending(approval_id)
             if not self.may_decide(principal, pending):
                 raise _not_entitled(principal, pending)
         except Denial as denial:
@@ -180,7 +217,7 @@ class Approvals:
         """What ``principal`` may decide: pending requests first, then news as it comes."""
         queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
         for pending in list(self._pending.values()):
-            if self.may_decide(principal, pending):
+            if self._live(pending.id) and self.may_decide(principal, pending):
                 queue.put_nowait(pending)
         if self._closed:
             return
@@ -196,6 +233,9 @@ class Approvals:
         end every watch, so that no call waits out the daemon's grace."""
         self._closed = True
         for pending in list(self._pending.values()):
+            if pending.host is not None:  # another host's: it goes on without this one
+                del self._pending[pending.id]
+                continue
             if not pending.decision.done():
                 pending.decision.set_exception(
                     Denial(DenialKind.UNAVAILABLE, f"{STOPPING}; nothing ran", "server"))
@@ -213,14 +253,16 @@ class Approvals:
                reason: str = "") -> None:
         if self._pending.pop(pending.id, None) is None:
             return
-        self._audit.approval(f"approval.{outcome}", pending,
-                             decision.decider if decision else None,
-                             reason=decision.reason if decision else reason)
+        if pending.host is None:
+            self._audit.approval(f"approval.{outcome}", pending,
+                                 decision.decider if decision else None,
+                                 reason=decision.reason if decision else reason)
         self._publish(Resolved(pending.id, outcome,
                                decision.decider.subject if decision else ""), pending)
 
 
-def _unknown(approval_id: str) -> Denial:
+def not_pending(approval_id: str) -> Denial:
+    """The refusal of a decision for a request that cannot be decided (any more)."""
     return Denial(DenialKind.APPROVAL_NOT_FOUND,
                   f"no pending approval {approval_id[:40]!r} (decided, expired or unknown)",
                   "approvals")

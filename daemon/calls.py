@@ -137,11 +137,12 @@ class Calls:
 
     # -- the pipeline ------------------------------------------------------------------
 
-    def admit(self, principal: Principal, snapshot: Snapshot, call: ToolCall) -> Admitted:
+    async def admit(self, principal: Principal, snapshot: Snapshot,
+                    call: ToolCall) -> Admitted:
         """Limits, access, policy and the sandbox's own check; raises Denial (audited)."""
         try:
             self._check_serving()
-            snapshot.limiter.check(principal)
+            await snapshot.limiter.take(principal)
             agent_name, agent = snapshot.access.agent_for(principal, call.agent)
             plan = snapshot.policy.plan(agent_name, agent, call)
             # Before asking a human: a call the sandbox would refuse is refused now.
@@ -165,8 +166,8 @@ class Calls:
                             "runs.max_pending_approvals_per_principal")
             self._audit.denied(admitted.principal, admitted.call, denial)
             raise denial
-        pending = self._approvals.open(admitted.principal, admitted.plan,
-                                       admitted.prompt or "")
+        pending = await self._approvals.open(admitted.principal, admitted.plan,
+                                             admitted.prompt or "")
         self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
             await asked(pending)

@@ -57,21 +57,37 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether calls are limited at all."""
+        return self._enabled
+
+    def bucket(self, principal: Principal) -> str:
+        """The name of the bucket ``principal``'s calls take from."""
+        return f"{principal.method}:{principal.subject}" if self._per_user else "*"
+
+    def refusal(self, principal: Principal, wait: float) -> Denial:
+        """The refusal of a call over the limit, retryable in ``wait`` seconds."""
+        whose = f" for {principal.subject}" if self._per_user else ""
+        return Denial(DenialKind.RESOURCE_EXHAUSTED,
+                      f"rate limit of {self._limit}{whose} reached; retry in {wait:.1f}s",
+                      "server.rate_limiting", retry_after=wait)
+
+    async def take(self, principal: Principal) -> None:
+        """``check``, as the call pipeline awaits it (a fleet's limiter asks Redis)."""
+        self.check(principal)
+
     def check(self, principal: Principal) -> None:
         """Take a token for a call by ``principal``; raises Denial(RESOURCE_EXHAUSTED)."""
         if not self._enabled:
             return
-        key = f"{principal.method}:{principal.subject}" if self._per_user else "*"
+        key = self.bucket(principal)
         now = self._clock()
         tokens, last = self._buckets.get(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - last) * self._rate)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
-            wait = (1.0 - tokens) / self._rate
-            whose = f" for {principal.subject}" if self._per_user else ""
-            raise Denial(DenialKind.RESOURCE_EXHAUSTED,
-                         f"rate limit of {self._limit}{whose} reached; retry in {wait:.1f}s",
-                         "server.rate_limiting", retry_after=wait)
+            raise self.refusal(principal, (1.0 - tokens) / self._rate)
         self._buckets[key] = (tokens - 1.0, now)
         if len(self._buckets) > MAX_BUCKETS:
             self._forget_full(now)

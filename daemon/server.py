@@ -9,10 +9,12 @@ and a second stops at once. The service manager hears each step (``systemd.Notif
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import traceback
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -22,8 +24,9 @@ from grpc_reflection.v1alpha import reflection
 
 from execgate.daemon import snapshot
 from execgate.daemon.approvals import Approvals
-from execgate.daemon.config import ConfigError, PolicyConfig
-from execgate.daemon.limits import RunSlots
+from execgate.daemon.audit import Audit
+from execgate.daemon.config import ConfigError, PolicyConfig, RateLimitConfig
+from execgate.daemon.limits import RateLimiter, RunSlots
 from execgate.daemon.model import Denial
 from execgate.daemon.observe import ObserverError, Observing
 from execgate.daemon.policy import Policy
@@ -41,6 +44,9 @@ from execgate.v1 import (
     exec_pb2,
     exec_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from execgate.daemon.cluster import Cluster
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICES = (exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name,
@@ -111,6 +117,24 @@ async def serve(config: PolicyConfig, checked: Preflight,
         observing.close()  # last: the helper's reports of lost runs are recorded
 
 
+def _cluster(config: PolicyConfig) -> Cluster | None:
+    """The fleet this daemon joins; None alone (then Redis's client is never imported)."""
+    if config.server.cluster is None:
+        return None
+    from execgate.daemon.cluster import Cluster
+    return Cluster(config.server.cluster)
+
+
+def _shared(config: PolicyConfig, audit: Audit, cluster: Cluster | None,
+            ) -> tuple[Approvals, Callable[[RateLimitConfig], RateLimiter]]:
+    """Approvals and rate limiters: the fleet's, through Redis, or this daemon's own."""
+    if cluster is None:
+        return Approvals(config.approvals, audit), RateLimiter
+    from execgate.daemon.cluster import SharedApprovals, SharedRateLimiter
+    return (SharedApprovals(config.approvals, audit, cluster),
+            functools.partial(SharedRateLimiter, cluster=cluster))
+
+
 class Lifecycle:
     """One daemon's collaborators, and what each signal does to them."""
 
@@ -123,7 +147,8 @@ class Lifecycle:
         self._read_again = reload
         self._observing = observing
         self._audit = observing.audit
-        self._approvals = Approvals(config.approvals, self._audit)
+        self._cluster = _cluster(config)
+        self._approvals, self._make_limiter = _shared(config, self._audit, self._cluster)
         self._health = health_aio.HealthServicer()
         self._bound: list[str] = []
         self._stop = asyncio.Event()
@@ -137,9 +162,13 @@ class Lifecycle:
                   on_ready: Callable[[list[str]], None]) -> None:
         """Serve until told to stop, then drain and stop."""
         self._spawner.attach(asyncio.get_running_loop(), self._audit)
+        if self._cluster is not None:
+            await self._cluster.start()
+        self._approvals.start()
         for level, message in sandbox_report(self._checked.policy, self._spawner.host):
             getattr(log, level)("sandbox", detail=message)
-        first = await snapshot.build(self._config, self._checked.policy)
+        first = await snapshot.build(self._config, self._checked.policy,
+                                     make_limiter=self._make_limiter)
         self._current = snapshot.Current(first)
         self._exec = ExecService(self._current, RunSlots(self._config.server.max_concurrent_runs),
                                  self._spawner, self._approvals, self._audit)
@@ -171,6 +200,8 @@ class Lifecycle:
             jwks = self._current.snapshot.jwks
             if jwks is not None:
                 jwks.stop()
+            if self._cluster is not None:
+                await self._cluster.close()
 
     def _on_stop_signal(self) -> None:
         if self._stop.is_set():
@@ -281,7 +312,7 @@ class Lifecycle:
         for setting in needs_restart:
             log.warning("policy.needs_restart", setting=setting,
                         detail="changed in the file; it keeps its old value until a restart")
-        new = await snapshot.build(config, checked.policy, old)
+        new = await snapshot.build(config, checked.policy, old, self._make_limiter)
         self._current.snapshot = new  # new calls from here on; running ones keep theirs
         if old.jwks is not None and old.jwks is not new.jwks:
             old.jwks.stop()

@@ -16,11 +16,12 @@ reload that changes one keeps the old value and says so.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from execgate.daemon.access import Access
 from execgate.daemon.auth import Authenticator, JwksCache, JwtVerifier
-from execgate.daemon.config import PolicyConfig
+from execgate.daemon.config import PolicyConfig, RateLimitConfig
 from execgate.daemon.limits import FailedAttempts, RateLimiter
 from execgate.daemon.policy import Policy
 
@@ -63,15 +64,17 @@ class Current:
         return pinned
 
 
-async def build(config: PolicyConfig, policy: Policy,
-                previous: Snapshot | None = None) -> Snapshot:
+async def build(config: PolicyConfig, policy: Policy, previous: Snapshot | None = None,
+                make_limiter: Callable[[RateLimitConfig], RateLimiter] = RateLimiter,
+                ) -> Snapshot:
     """A snapshot of ``config``, keeping ``previous``'s state where its settings are equal.
     A new JWKS cache is fetched before it is returned (no window in which every token
-    fails) and started; the caller stops the previous one once this one is in force."""
+    fails) and started; the caller stops the previous one once this one is in force.
+    ``make_limiter`` makes a new rate limiter (a fleet's takes from buckets in Redis)."""
     auth, old = config.server.auth, previous.config.server.auth if previous else None
     limiter = (previous.limiter if previous is not None
                and previous.config.server.rate_limiting == config.server.rate_limiting
-               else RateLimiter(config.server.rate_limiting))
+               else make_limiter(config.server.rate_limiting))
     failed = (previous.failed if previous is not None and old is not None
               and (old.max_failed_attempts, old.failed_attempts_window)
               == (auth.max_failed_attempts, auth.failed_attempts_window)

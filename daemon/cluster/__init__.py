@@ -4,6 +4,8 @@ Imported only when ``server.cluster`` is configured: a single daemon needs neith
 nor the ``cluster`` extra.
 """
 
+from execgate.daemon.cluster._approvals import SharedApprovals
 from execgate.daemon.cluster._cluster import Cluster, ClusterUnavailable
+from execgate.daemon.cluster._limits import SharedRateLimiter
 
-__all__ = ["Cluster", "ClusterUnavailable"]
+__all__ = ["Cluster", "ClusterUnavailable", "SharedApprovals", "SharedRateLimiter"]

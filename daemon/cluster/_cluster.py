@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import redis.asyncio
 import structlog
@@ -64,6 +65,7 @@ class Cluster:
             health_check_interval=max(1, int(config.lease / 3)))
         self._heartbeat: asyncio.Task[None] | None = None
         self._reachable = True
+        self._work: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
     def key(self, kind: str, *parts: str) -> str:
         """``NAMESPACE:KIND:PART:...``: every key the fleet writes."""
@@ -82,6 +84,20 @@ class Cluster:
         except (RedisError, OSError) as exc:
             raise ClusterUnavailable(what, cause_of(exc)) from None
 
+    def spawn(self, what: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background (telling the fleet something nobody waits for);
+        ``close`` lets it finish first. Redis being unreachable then is logged: what it
+        wrote has a TTL, so the fleet forgets it anyway."""
+        async def guarded() -> None:
+            try:
+                await work
+            except (RedisError, OSError) as exc:
+                log.warning("cluster.unsent", what=what, cause=cause_of(exc))
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
     async def start(self) -> None:
         """Announce this host (once now, then every third of the lease). An unreachable
         Redis does not stop the daemon: calls that need it are refused until it is back."""
@@ -89,7 +105,10 @@ class Cluster:
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     async def close(self) -> None:
-        """Leave the fleet: stop the heartbeat, withdraw this host's key, disconnect."""
+        """Leave the fleet: finish what was spawned, stop the heartbeat, withdraw this
+        host's key, disconnect."""
+        if self._work:
+            await asyncio.wait(set(self._work), timeout=SOCKET_TIMEOUT)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -56,7 +56,7 @@ class ApprovalService(approvals_pb2_grpc.ApprovalServiceServicer):
     ) -> approvals_pb2.DecideApprovalResponse:
         d = request.decision
         try:
-            self._approvals.decide(d.approval_id, d.approve, d.reason, d.plan_digest,
+            await self._approvals.decide(d.approval_id, d.approve, d.reason, d.plan_digest,
                                    current_principal.get())
         except Denial as denial:
             await abort(context, denial)

@@ -108,9 +108,9 @@ class _Control:
         if kind == "approval":
             decision = request.approval
             with contextlib.suppress(Denial):  # refused and audited; the request stays open
-                self._approvals.decide(decision.approval_id, decision.approve, decision.reason,
-                                       decision.plan_digest, self._principal,
-                                       via_stream=True, own=self.pending)
+                await self._approvals.decide(
+                    decision.approval_id, decision.approve, decision.reason,
+                    decision.plan_digest, self._principal, via_stream=True, own=self.pending)
         elif kind == "stdin" and self._call.stdin:
             if self._run is not None:
                 await self._run.write_stdin(request.stdin)
@@ -190,7 +190,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             raise Denial(DenialKind.INVALID_ARGUMENT,
                          "the first message of Execute must be start")
         call = _convert.tool_call(first.start)
-        admitted = self._calls.admit(principal, snapshot, call)
+        admitted = await self._calls.admit(principal, snapshot, call)
         control = _Control(call, principal, self._approvals)
         reader = asyncio.create_task(control.read(requests))
         reader.add_done_callback(_settled)

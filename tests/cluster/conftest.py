@@ -41,7 +41,7 @@ class RedisServer:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:  # blocks until redis says it is ready; no sleeping
-            if b"Ready to accept connections" in line:
+            if b"ready to accept connections" in line.lower():
                 return
         raise RuntimeError(f"redis-server did not start (exit {self.proc.wait()})")
 

@@ -33,7 +33,7 @@ def test_check_config_requires_the_fleet_secret(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text(
         cluster_policy("unix:///nowhere.sock", "host-1", policy=TEST_POLICY))
     result = subprocess.run(
-        [sys.executable, "-m", "execgate.daemon.cli", "check-config", "--config",
+        [sys.executable, "-m", "execgate.daemon.cli", "check-config",
          str(tmp_path / "policy.yaml")], cwd=tmp_path, capture_output=True, text=True,
         env={"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20}, timeout=60)
     assert result.returncode != 0
@@ -45,7 +45,7 @@ def test_a_redis_url_of_another_scheme_is_refused(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text(
         cluster_policy("http://redis:6379", "host-1", policy=TEST_POLICY))
     result = subprocess.run(
-        [sys.executable, "-m", "execgate.daemon.cli", "check-config", "--config",
+        [sys.executable, "-m", "execgate.daemon.cli", "check-config",
          str(tmp_path / "policy.yaml")], cwd=tmp_path, capture_output=True, text=True,
         env={"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20,
              "EXECGATE_CLUSTER_KEY": "s" * 20}, timeout=60)

@@ -122,10 +122,10 @@ async def test_a_call_leaves_its_audit_events_in_the_order_of_its_steps(
         tmp_path: Path) -> None:
     calls, recorder = _calls(_Sandbox())
     snapshot = await _snapshot(tmp_path)
-    admitted = calls.admit(ALICE, snapshot, ToolCall("dev", "gated", ("echo", "hi")))
+    admitted = await calls.admit(ALICE, snapshot, ToolCall("dev", "gated", ("echo", "hi")))
 
     async def approve(pending: Pending) -> None:
-        calls._approvals.decide(pending.id, True, "", pending.digest, ALICE)
+        await calls._approvals.decide(pending.id, True, "", pending.digest, ALICE)
 
     await calls.approve(admitted, approve)
     entry = calls.start(admitted)
@@ -140,7 +140,7 @@ async def test_no_run_slot_is_held_while_an_approval_waits(tmp_path: Path) -> No
     """The only slot goes to a call that needs nobody, while another waits for a person."""
     calls, _ = _calls(_Sandbox(), slots=1)
     snapshot = await _snapshot(tmp_path)
-    waiting = calls.admit(ALICE, snapshot, ToolCall("dev", "gated", ("echo", "hi")))
+    waiting = await calls.admit(ALICE, snapshot, ToolCall("dev", "gated", ("echo", "hi")))
     asked: asyncio.Future[Pending] = asyncio.get_running_loop().create_future()
 
     async def tell(pending: Pending) -> None:
@@ -148,7 +148,7 @@ async def test_no_run_slot_is_held_while_an_approval_waits(tmp_path: Path) -> No
 
     approval = asyncio.ensure_future(calls.approve(waiting, tell))
     await asked
-    quick = calls.start(calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
+    quick = calls.start(await calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
     assert isinstance((await _events(calls, quick.id))[-1], Exit)
     approval.cancel()
 
@@ -157,7 +157,7 @@ async def test_a_call_the_sandbox_would_refuse_is_refused_before_a_person_is_ask
         tmp_path: Path) -> None:
     calls, recorder = _calls(_Sandbox(refuse=True))
     with pytest.raises(Denial) as refused:
-        calls.admit(ALICE, await _snapshot(tmp_path),
+        await calls.admit(ALICE, await _snapshot(tmp_path),
                     ToolCall("dev", "gated", ("echo", "hi")))
     assert refused.value.kind is DenialKind.SANDBOX_UNAVAILABLE
     assert recorder.names == ["call.denied"]
@@ -166,7 +166,8 @@ async def test_a_call_the_sandbox_would_refuse_is_refused_before_a_person_is_ask
 async def test_a_detached_run_goes_on_when_its_caller_leaves(tmp_path: Path) -> None:
     sandbox = _Sandbox(hold=True)
     calls, recorder = _calls(sandbox)
-    admitted = calls.admit(ALICE, await _snapshot(tmp_path), ToolCall("dev", "shell", ("true",)))
+    admitted = await calls.admit(ALICE, await _snapshot(tmp_path),
+                                 ToolCall("dev", "shell", ("true",)))
     entry = calls.start(admitted, detach=True)
     calls.left(entry, ALICE)
     assert sandbox.jobs[0].signals == []
@@ -176,7 +177,7 @@ async def test_a_detached_run_goes_on_when_its_caller_leaves(tmp_path: Path) -> 
 async def test_a_run_not_detached_is_killed_when_its_caller_leaves(tmp_path: Path) -> None:
     sandbox = _Sandbox(hold=True)
     calls, _ = _calls(sandbox)
-    entry = calls.start(calls.admit(ALICE, await _snapshot(tmp_path),
+    entry = calls.start(await calls.admit(ALICE, await _snapshot(tmp_path),
                                     ToolCall("dev", "shell", ("true",))))
     calls.left(entry, ALICE)
     assert sandbox.jobs[0].signals == [signal.SIGKILL]
@@ -184,7 +185,7 @@ async def test_a_run_not_detached_is_killed_when_its_caller_leaves(tmp_path: Pat
 
 async def test_another_principals_run_is_not_found(tmp_path: Path) -> None:
     calls, _ = _calls(_Sandbox())
-    entry = calls.start(calls.admit(ALICE, await _snapshot(tmp_path),
+    entry = calls.start(await calls.admit(ALICE, await _snapshot(tmp_path),
                                     ToolCall("dev", "shell", ("true",))))
     with pytest.raises(Denial) as refused:
         calls.find(BOB, entry.id, PolicyConfig().runs)
@@ -196,7 +197,7 @@ async def test_a_replay_past_its_size_keeps_the_head_and_the_tail(tmp_path: Path
     """64 bytes of replay: the first 16 and the last 48 of 100 are kept, 36 counted dropped."""
     data = bytes(range(100))
     calls, _ = _calls(_Sandbox(output=data))
-    entry = calls.start(calls.admit(ALICE, await _snapshot(tmp_path),
+    entry = calls.start(await calls.admit(ALICE, await _snapshot(tmp_path),
                                     ToolCall("dev", "shell", ("true",))))
     events = await _events(calls, entry.id)
     chunks = [e for e in events if isinstance(e, Output)]
@@ -206,7 +207,7 @@ async def test_a_replay_past_its_size_keeps_the_head_and_the_tail(tmp_path: Path
 
 async def test_a_read_from_a_middle_offset_gets_the_rest(tmp_path: Path) -> None:
     calls, _ = _calls(_Sandbox(output=b"0123456789"))
-    entry = calls.start(calls.admit(ALICE, await _snapshot(tmp_path),
+    entry = calls.start(await calls.admit(ALICE, await _snapshot(tmp_path),
                                     ToolCall("dev", "shell", ("true",))))
     events = await _events(calls, entry.id, stdout_offset=4)
     assert events[0] == Output(Stream.STDOUT, 4, b"456789")
@@ -215,18 +216,18 @@ async def test_a_read_from_a_middle_offset_gets_the_rest(tmp_path: Path) -> None
 async def test_over_the_running_cap_a_call_is_refused_with_its_rule(tmp_path: Path) -> None:
     calls, _ = _calls(_Sandbox(hold=True))
     snapshot = await _snapshot(tmp_path, max_running_per_principal=1)
-    calls.start(calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
+    calls.start(await calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
     with pytest.raises(Denial) as refused:
-        calls.start(calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
+        calls.start(await calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
     assert (refused.value.kind, refused.value.rule) == (
         DenialKind.RESOURCE_EXHAUSTED, "runs.max_running_per_principal")
-    calls.start(calls.admit(BOB, snapshot, ToolCall("dev", "shell", ("true",))))
+    calls.start(await calls.admit(BOB, snapshot, ToolCall("dev", "shell", ("true",))))
 
 
 async def test_a_quiet_run_sends_heartbeats_to_its_reader(tmp_path: Path) -> None:
     calls, _ = _calls(_Sandbox(hold=True))
     snapshot = await _snapshot(tmp_path, heartbeat_interval=0.01)
-    entry = calls.start(calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
+    entry = calls.start(await calls.admit(ALICE, snapshot, ToolCall("dev", "shell", ("true",))))
     reader = entry.read()
     assert await anext(reader) == Output(Stream.STDOUT, 0, b"hi\n")
     assert isinstance(await anext(reader), Heartbeat)
