@@ -256,7 +256,8 @@ class Helper:
             return False
         if message["op"] == "want":
             want = cast(Want, message)
-            self._kinds[want["key"]] = want["kind"]
+            if want["kind"] is not None:
+                self._kinds[want["key"]] = want["kind"]
             if want["urgent"]:
                 self._urgent.append(want["key"])
             else:
@@ -271,8 +272,12 @@ class Helper:
     def _offer(self, key: str, urgent: bool) -> None:
         """Make an init of ``key``'s kind, in its job cgroups, and hand it to the daemon."""
         kind = self._kinds.get(key)
-        if kind is None:
-            return  # forgotten meanwhile
+        if kind is None:  # forgotten meanwhile; a job waiting for it must not wait forever
+            if urgent:
+                _wire.send(self._daemon, Refused(op="refused", key=key,
+                                                 error="could not start the job: its kind "
+                                                       "of job was forgotten"))
+            return
         cgroups = next(self._cgroup_ids)
         try:
             procs = self._cgroups.create(cgroups, cast(Limits | None, kind["cgroup"]))

@@ -108,7 +108,8 @@ class Want(TypedDict):
 
     op: Literal["want"]
     key: str
-    kind: Kind
+    kind: Kind | None
+    """Sent with the first Want of a key only (the helper keeps it until a Forget)."""
     urgent: bool
     count: int
 

@@ -136,6 +136,8 @@ class Spawner:
         self._idle: dict[str, list[_Init]] = {}
         """Waiting inits by kind, the most recently used kind last."""
         self._reused: set[str] = set()
+        self._told: set[str] = set()
+        """Kinds the running helper has been told (a Want carries a kind only once)."""
         """Kinds whose inits came back from a job: one taken needs no replacement."""
         self._waiting: dict[str, collections.deque[_Waiting]] = {}
         self._running: dict[int, Job] = {}
@@ -231,11 +233,15 @@ class Spawner:
             for init in self._idle.pop(old):
                 _close(init)  # end of stream: a waiting init exits by itself
             self._reused.discard(old)
+            self._told.discard(old)
             self._send(Forget(op="forget", key=old))
         return idle
 
     def _want(self, key: str, kind: Kind, urgent: bool, count: int) -> None:
-        self._send(Want(op="want", key=key, kind=kind, urgent=urgent, count=count))
+        told = key in self._told
+        self._told.add(key)
+        self._send(Want(op="want", key=key, kind=None if told else kind, urgent=urgent,
+                        count=count))
 
     def _send(self, message: Want | Forget) -> None:
         if self._broken is None:
@@ -367,6 +373,7 @@ class Spawner:
             return
         self._broken = None
         self._helper += 1
+        self._told.clear()  # a new helper knows no kind yet
         if self._loop is not None:
             self._loop.add_reader(self._sock, self._on_message)
         self._audit.helper_restarted(self._proc.pid)
