@@ -135,7 +135,8 @@ def _breakdown(before: dict[str, Any], after: dict[str, Any], trimmed: dict[str,
            f"garbage holding {after['calls_before_collect'] - after['calls']} gRPC calls "
            f"(RSS {after['rss_before_collect'] / 2**20:.1f} -> {after['rss'] / 2**20:.1f} MiB)",
            f"  malloc_trim(0) at the end: RSS {trimmed['rss'] / 2**20:.1f} -> "
-           f"{trimmed['rss_after_trim'] / 2**20:.1f} MiB"]
+           f"{trimmed['rss_after_trim'] / 2**20:.1f} MiB in "
+           f"{trimmed['trim_seconds'] * 1e3:.1f} ms"]
     for key, label in (("types", "objects by type"), ("tracemalloc", "Python heap by line")):
         if key in after:
             grown = Counter({name: size - before[key].get(name, 0)

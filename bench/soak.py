@@ -12,7 +12,9 @@ daemon's footprint; at the end it checks that
 - no run is left: no process but the sandbox helper and its idle pooled inits (no more of
   them than after warm-up), no zombie, no job cgroup with a process in it but a pooled init
   waiting in its own;
-- the daemon's open fds and RSS are within 10% of the warm-up's;
+- the daemon's open fds and RSS are within 10% of the warm-up's, each measured once the
+  load has stopped and the daemon has given its heap's free memory back (glibc keeps freed
+  output buffers scattered in its arenas; the daemon trims them: execgate.daemon.heap);
 - every run was audited exactly once: one ``run.started`` and one ``run.exited`` per run id,
   and every run a client saw among them.
 
@@ -47,6 +49,7 @@ from execgate.client import (
     PolicyDeniedError,
     Started,
 )
+from execgate.daemon.heap import TRIM_DELAY
 from execgate.v1 import exec_pb2, exec_pb2_grpc
 from tests.conftest import API_KEY, TEST_POLICY, Daemon, start_daemon
 
@@ -286,15 +289,19 @@ def audited(d: Daemon) -> tuple[Counter[str], Counter[str], Counter[str]]:
 
 
 def settle(d: Daemon, daemon: psutil.Process, parents: list[Path]) -> Footprint:
-    """The footprint once every run has been audited as ended and no job is left, or as it
-    is after SETTLE_SECONDS."""
+    """The footprint once every run has been audited as ended and no job is left, and the
+    daemon has trimmed its heap since (it does, TRIM_DELAY after it last did something:
+    execgate.daemon.heap); or as it is after SETTLE_SECONDS."""
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         started, exited, forgotten = audited(d)
         now = footprint(daemon, parents)
         idle = (set(started) <= set(exited) <= set(forgotten) and not now.strays
                 and not now.zombies and not now.busy_cgroups)
-        if idle or time.monotonic() > deadline:
+        if idle:
+            time.sleep(TRIM_DELAY + 1)
+            return footprint(daemon, parents)
+        if time.monotonic() > deadline:
             return now
         time.sleep(0.2)  # a bench polls: the tests' never-sleep rule is for assertions
 
@@ -365,9 +372,9 @@ def _change(warm: int | None, end: int | None) -> str:
 
 
 def soak(root: Path, count: int, seconds: float, seed: int = 1,
-         warmup: float | None = None) -> Report:
-    """Run the soak in ``root`` and judge it."""
-    d = start_daemon(root, POLICY)
+         warmup: float | None = None, env: dict[str, str] | None = None) -> Report:
+    """Run the soak in ``root`` (the daemon gets ``env``) and judge it."""
+    d = start_daemon(root, POLICY, env)
     try:
         (d.workspace / "small.txt").write_text("hello\n")
         daemon = psutil.Process(d.proc.pid)

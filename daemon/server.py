@@ -26,6 +26,7 @@ from execgate.daemon import snapshot
 from execgate.daemon.approvals import Approvals
 from execgate.daemon.audit import Audit
 from execgate.daemon.config import ConfigError, PolicyConfig, RateLimitConfig
+from execgate.daemon.heap import HeapTrimmer, glibc_trim
 from execgate.daemon.limits import RateLimiter, RunSlots
 from execgate.daemon.model import Denial
 from execgate.daemon.observe import ObserverError, Observing
@@ -107,6 +108,9 @@ async def serve(config: PolicyConfig, checked: Preflight,
     except ObserverError as exc:
         raise StartupError(str(exc)) from None
     observing.audit.policy_loaded(source)
+    trim = glibc_trim()
+    if trim is not None:  # freed output buffers lie scattered in glibc's arenas
+        observing.audit.subscribe(HeapTrimmer(trim))
     spawner = Spawner.start()
     lifecycle = Lifecycle(config, checked, spawner, notifier, reload, observing)
     try:

@@ -26,6 +26,7 @@ import json
 import os
 import signal
 import sys
+import time
 import tracemalloc
 from typing import Any
 
@@ -96,6 +97,7 @@ def _install() -> None:
         types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
         line["types"] = dict(types.most_common(300))
         line["objects"] = sum(types.values())
+        line["pymalloc_blocks"] = sys.getallocatedblocks()
         if tracemalloc.is_tracing():
             stats = tracemalloc.take_snapshot().statistics(
                 "traceback" if frames > 1 else "lineno")
@@ -104,7 +106,9 @@ def _install() -> None:
                 " <- ".join(f"{fr.filename.rsplit('/', 2)[-1]}:{fr.lineno}"
                             for fr in s.traceback): s.size for s in stats[:400]}
         if trim:
+            started = time.perf_counter()
             libc.malloc_trim(0)
+            line["trim_seconds"] = time.perf_counter() - started
             line["rss_after_trim"] = _rss()
         sys.stderr.write(json.dumps({"memprobe": line}) + "\n")
         sys.stderr.flush()
