@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from execgate.daemon.access import rule_matches
 from execgate.daemon.approvals import Approvals, Pending
@@ -110,6 +111,16 @@ class RunEntry:
                     "(runs.detached_max_time)")
 
 
+class RunRegistry(Protocol):
+    """Told when a run ends and when it is forgotten: a fleet's shared registry of runs."""
+
+    def ended(self, entry: RunEntry) -> None:
+        """``entry`` has its exit."""
+
+    def forgotten(self, run_id: str) -> None:
+        """``run_id`` is past its retention."""
+
+
 def _key(principal: Principal) -> tuple[str, str]:
     return principal.method, principal.subject
 
@@ -118,8 +129,10 @@ class Calls:
     """Admits, approves and starts calls, and keeps their runs."""
 
     def __init__(self, slots: RunSlots, spawner: Spawner, approvals: Approvals, audit: Audit,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 registry: RunRegistry | None = None) -> None:
         self._slots = slots
+        self._registry = registry
         self._spawner = spawner
         self._approvals = approvals
         self._audit = audit
@@ -310,6 +323,8 @@ class Calls:
                 entry.replay.finish(event)
         if entry.unattended is not None:
             entry.unattended.cancel()
+        if self._registry is not None:
+            self._registry.ended(entry)
         if not self._stopping:
             self._forget[entry.id] = asyncio.get_running_loop().call_later(
                 entry.runs.retention, self._forget_entry, entry.id)
@@ -331,6 +346,8 @@ class Calls:
             self._retained_bytes -= retained.replay.held_bytes
         if self._entries.pop(run_id, None) is not None:
             self._audit.run_forgotten(run_id)
+            if self._registry is not None:
+                self._registry.forgotten(run_id)
 
     @staticmethod
     def _may_see(principal: Principal, entry: RunEntry, runs: RunsConfig) -> bool:

@@ -48,6 +48,7 @@ from execgate.v1 import (
 
 if TYPE_CHECKING:
     from execgate.daemon.cluster import Cluster
+    from execgate.daemon.cluster.runs import FleetRuns
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICES = (exec_pb2.DESCRIPTOR.services_by_name["ExecService"].full_name,
@@ -139,6 +140,14 @@ def _shared(config: PolicyConfig, audit: Audit, cluster: Cluster | None,
             functools.partial(SharedRateLimiter, cluster=cluster))
 
 
+def _fleet_runs(cluster: Cluster | None) -> FleetRuns | None:
+    """This host's part in the fleet's registry of runs, and its hops to the others."""
+    if cluster is None:
+        return None
+    from execgate.daemon.cluster.runs import FleetRuns
+    return FleetRuns.joining(cluster)
+
+
 class Lifecycle:
     """One daemon's collaborators, and what each signal does to them."""
 
@@ -152,6 +161,7 @@ class Lifecycle:
         self._observing = observing
         self._audit = observing.audit
         self._cluster = _cluster(config)
+        self._fleet = _fleet_runs(self._cluster)
         self._approvals, self._make_limiter = _shared(config, self._audit, self._cluster)
         self._health = health_aio.HealthServicer()
         self._bound: list[str] = []
@@ -169,13 +179,15 @@ class Lifecycle:
         if self._cluster is not None:
             await self._cluster.start()
         self._approvals.start()
+        if self._fleet is not None:
+            self._fleet.start()
         for level, message in sandbox_report(self._checked.policy, self._spawner.host):
             getattr(log, level)("sandbox", detail=message)
         first = await snapshot.build(self._config, self._checked.policy,
                                      make_limiter=self._make_limiter)
         self._current = snapshot.Current(first)
         self._exec = ExecService(self._current, RunSlots(self._config.server.max_concurrent_runs),
-                                 self._spawner, self._approvals, self._audit)
+                                 self._spawner, self._approvals, self._audit, self._fleet)
         servers, relay = await self._listen(inherited)
         for name in ("", *SERVICES[:3]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -204,6 +216,8 @@ class Lifecycle:
             jwks = self._current.snapshot.jwks
             if jwks is not None:
                 jwks.stop()
+            if self._fleet is not None:
+                await self._fleet.close()
             if self._cluster is not None:
                 await self._cluster.close()
 
@@ -229,7 +243,8 @@ class Lifecycle:
         unix: list[Listener] = [lsn for lsn in self._checked.listeners if lsn.is_unix]
         self._bound = [sock.address for sock in inherited]
         if tcp:
-            server = self._grpc_server(AuthInterceptor(self._current, self._audit))
+            server = self._grpc_server(AuthInterceptor(
+                self._current, self._audit, hops=self._fleet.hops if self._fleet else None))
             tls = ReloadingCredentials(config.server.tls) if config.server.tls else None
             for listener in tcp:
                 try:

@@ -17,7 +17,7 @@ import contextlib
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import structlog
@@ -28,6 +28,7 @@ from execgate.daemon.approvals import Approvals, Pending
 from execgate.daemon.audit import Audit
 from execgate.daemon.auth import current_principal
 from execgate.daemon.calls import MAX_SIGNAL, Admitted, Calls
+from execgate.daemon.hops import is_hop
 from execgate.daemon.limits import RunSlots
 from execgate.daemon.model import Denial, DenialKind, Exit, Principal, ToolCall
 from execgate.daemon.runs import Run
@@ -36,6 +37,9 @@ from execgate.daemon.services import _convert
 from execgate.daemon.services._errors import abort
 from execgate.daemon.snapshot import Current
 from execgate.v1 import exec_pb2, exec_pb2_grpc
+
+if TYPE_CHECKING:  # Redis's client is imported only in a fleet
+    from execgate.daemon.cluster.runs import FleetRuns
 
 T = TypeVar("T")
 _PROTOCOL_ERRORS = {
@@ -138,10 +142,12 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
     """Runs tool calls over bidirectional streams, and serves the runs they leave."""
 
     def __init__(self, current: Current, slots: RunSlots, spawner: Spawner,
-                 approvals: Approvals, audit: Audit) -> None:
+                 approvals: Approvals, audit: Audit, fleet: FleetRuns | None = None) -> None:
         self._current = current
-        self._calls = Calls(slots, spawner, approvals, audit)
+        self._calls = Calls(slots, spawner, approvals, audit, registry=fleet)
         self._approvals = approvals
+        self._fleet = fleet
+        """In a fleet: the runs other hosts hold, reached through them."""
 
     # Overrides the generated signature: this handler writes with context.write, so that
     # the control task can read the stream while events are written.
@@ -161,22 +167,32 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         async def listed() -> exec_pb2.ListRunsResponse:
             principal = current_principal.get()
             runs = self._calls.visible(principal, self._current.get().config.runs)
-            return exec_pb2.ListRunsResponse(runs=[_convert.run_info(e) for e in runs])
+            listed = [_convert.run_info(e) for e in runs]
+            if self._fleet is not None and not is_hop(context.invocation_metadata() or ()):
+                listed += await self._fleet.listed(principal)
+                listed.sort(key=lambda info: info.started_at.ToNanoseconds())
+            return exec_pb2.ListRunsResponse(runs=listed)
         return await _answered(context, listed())
 
     async def CancelRun(self, request: exec_pb2.CancelRunRequest,
                         context: grpc.aio.ServicerContext) -> exec_pb2.CancelRunResponse:
         async def cancelled() -> exec_pb2.CancelRunResponse:
-            self._calls.cancel(current_principal.get(), request.run_id,
-                               self._current.get().config.runs)
+            principal, runs = current_principal.get(), self._current.get().config.runs
+            try:
+                self._calls.cancel(principal, request.run_id, runs)
+            except Denial as denial:
+                await self._elsewhere(denial, context).cancel(principal, request, runs)
             return exec_pb2.CancelRunResponse()
         return await _answered(context, cancelled())
 
     async def SignalRun(self, request: exec_pb2.SignalRunRequest,
                         context: grpc.aio.ServicerContext) -> exec_pb2.SignalRunResponse:
         async def signalled() -> exec_pb2.SignalRunResponse:
-            self._calls.signal(current_principal.get(), request.run_id, request.signal,
-                               self._current.get().config.runs)
+            principal, runs = current_principal.get(), self._current.get().config.runs
+            try:
+                self._calls.signal(principal, request.run_id, request.signal, runs)
+            except Denial as denial:
+                await self._elsewhere(denial, context).signal(principal, request, runs)
             return exec_pb2.SignalRunResponse()
         return await _answered(context, signalled())
 
@@ -198,6 +214,8 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             await self._ask(context, control, reader, admitted)
         entry = self._calls.start(admitted, detach=first.start.detach)
         try:
+            if self._fleet is not None:  # findable on every host before its id is told
+                await self._fleet.registered(entry)
             await control.attach(entry.run)
             await context.write(exec_pb2.ExecuteResponse(
                 accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
@@ -232,13 +250,27 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
 
     async def _attach(self, request: exec_pb2.AttachRunRequest,
                       context: grpc.aio.ServicerContext) -> None:
-        principal = current_principal.get()
-        entry = self._calls.find(principal, request.run_id, self._current.get().config.runs)
+        principal, runs = current_principal.get(), self._current.get().config.runs
+        try:
+            entry = self._calls.find(principal, request.run_id, runs)
+        except Denial as denial:
+            async for response in self._elsewhere(denial, context).attach(
+                    principal, request, runs):
+                await context.write(response)
+            return
         self._calls.attached(entry, principal)
         await context.write(exec_pb2.AttachRunResponse(
             accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
         async for event in entry.read(request.stdout_offset, request.stderr_offset):
             await context.write(_convert.attach_response(event))
+
+    def _elsewhere(self, denial: Denial, context: grpc.aio.ServicerContext) -> FleetRuns:
+        """The fleet, to look for a run this host does not hold; re-raises ``denial`` when
+        there is none to ask, or when this call is itself a hop (never forwarded twice)."""
+        if (self._fleet is None or denial.kind is not DenialKind.RUN_NOT_FOUND
+                or is_hop(context.invocation_metadata() or ())):
+            raise denial
+        return self._fleet
 
     @property
     def active_runs(self) -> int:

@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from execgate.daemon.audit import Audit, enter_call
 from execgate.daemon.auth import AuthenticationFailed, current_principal, failure_reason
+from execgate.daemon.hops import Hops, is_hop, refused
 from execgate.daemon.model import Denial, DenialKind
 from execgate.daemon.services._errors import abort, unchain
 from execgate.daemon.snapshot import Current
@@ -27,13 +28,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """
 
     def __init__(self, current: Current, audit: Audit,
-                 unix_peer: Callable[[str], int | None] | None = None) -> None:
+                 unix_peer: Callable[[str], int | None] | None = None,
+                 hops: Hops | None = None) -> None:
         self._current = current
         """The policy in force: each call is authenticated by, and keeps, the one current
         when it arrives."""
         self._audit = audit
         self._unix_peer = unix_peer
         """On the unix relay's internal server: the uid behind a peer, None if not relayed."""
+        self._hops = hops
+        """In a fleet: verifies the calls other daemons forward on a caller's behalf."""
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
@@ -44,11 +48,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         return _wrapped(handler, details.method, self._authenticate)
 
-    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext) -> None:
+    async def _authenticate(self, method: str, context: grpc.aio.ServicerContext,
+                            request: Message | None) -> None:
         metadata = context.invocation_metadata() or ()
         # every audit event of this call carries it; tracing continues the caller's trace
         enter_call(method, context.peer(), *trace_context(metadata))
         try:
+            if is_hop(metadata):  # another daemon of the fleet, on a caller's behalf
+                if self._hops is None:
+                    raise refused("this daemon is not in a fleet (server.cluster)")
+                principal = self._hops.verify(method, metadata, request)
+                self._audit.authenticated(principal)
+                current_principal.set(principal)
+                return
             uid = None
             if self._unix_peer is not None:
                 uid = self._unix_peer(context.peer())
@@ -94,7 +106,7 @@ def peer_address(peer: str) -> str:
     return str(address)
 
 
-Authenticate = Callable[[str, grpc.aio.ServicerContext], Awaitable[None]]
+Authenticate = Callable[[str, grpc.aio.ServicerContext, Message | None], Awaitable[None]]
 Deserialize = Callable[[bytes], Any]
 _UNPARSED = object()
 """Stands for a single request whose bytes did not parse: gRPC would answer UNKNOWN, quoting
@@ -111,6 +123,11 @@ def _tolerant(deserialize: Deserialize | None) -> Deserialize | None:
         except DecodeError:
             return _UNPARSED
     return parse
+
+
+def _single(request: Any) -> Message | None:
+    """The request a hop's assertion was signed for: a unary call's parsed message."""
+    return request if isinstance(request, Message) else None
 
 
 async def _parsed(method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -133,7 +150,7 @@ def _wrapped(handler: grpc.RpcMethodHandler, method: str,
     if inspect.isasyncgenfunction(behavior):
         async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                await authenticate(method, context)
+                await authenticate(method, context, _single(request))
                 await _parsed(method, request, context)
                 async for response in behavior(request, context):
                     yield response
@@ -144,7 +161,7 @@ def _wrapped(handler: grpc.RpcMethodHandler, method: str,
     else:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                await authenticate(method, context)
+                await authenticate(method, context, _single(request))
                 await _parsed(method, request, context)
                 return await behavior(request, context)
             except grpc.aio.AbortError as aborted:

@@ -1,0 +1,262 @@
+"""Runs across a fleet: which host holds a run, and calls proxied to that host.
+
+Each run is registered in Redis as ``NS:run:RUN_ID`` -> {host, subject, method, state}, set
+before its id reaches the caller, marked exited when it ends, deleted when it is forgotten;
+its TTL is its longest possible life plus its retention, so a record whose host died goes
+too. ``AttachRun``, ``CancelRun`` and ``SignalRun`` for a run another host holds are
+proxied to that host over the daemons' own gRPC, as the caller (``execgate.daemon.hops``);
+``ListRuns`` asks every live host. Proxying, not redirecting: callers behind one balanced
+address (a Service, a load balancer) cannot pick the host they reach.
+
+A host whose lease (``server.cluster.lease``) expired is gone: its runs are LOST, answered
+as NOT_FOUND naming the host and the lease (rule ``server.cluster.lease``), never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from execgate.daemon.access import rule_matches
+from execgate.daemon.calls import RunEntry
+from execgate.daemon.cluster._cluster import Cluster, cause_of
+from execgate.daemon.config import RunsConfig
+from execgate.daemon.hops import Hops
+from execgate.daemon.model import Denial, DenialKind, Principal
+from execgate.v1 import exec_pb2, exec_pb2_grpc
+
+LEASE_RULE = "server.cluster.lease"
+SETTLING = 5.0
+"""Seconds past a run's deadline its record is kept for: the kill grace and reaping."""
+M = TypeVar("M", bound=Message)
+log = structlog.get_logger()
+
+
+class FleetRuns:
+    """This host's part in the fleet's registry of runs, and its calls to the others."""
+
+    def __init__(self, cluster: Cluster, hops: Hops) -> None:
+        self._cluster = cluster
+        self.hops = hops
+        """The fleet's assertions: made for calls to other hosts, verified on this one."""
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._writes: asyncio.Queue[tuple[Callable[[], Awaitable[object]],
+                                          asyncio.Future[None] | None]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    def joining(cls, cluster: Cluster) -> FleetRuns:
+        """This host's part, signing with the secret in ``server.cluster.key_env`` (which
+        preflight has checked is set)."""
+        secret = os.environ[cluster.config.key_env].encode()
+        return cls(cluster, Hops(secret, cluster.host_id))
+
+    # -- the registry: this host's runs --------------------------------------------------
+
+    async def registered(self, entry: RunEntry) -> None:
+        """Record a run just started (before its id reaches the caller). Redis down: the
+        run goes on, reachable on this host only."""
+        life = entry.plan.limits.timeout + SETTLING + entry.runs.retention
+        fields: dict[FieldT, EncodableT] = {
+            "host": self._cluster.host_id, "subject": entry.principal.subject,
+            "method": entry.principal.method, "state": "running"}
+        key = self._key(entry.id)
+
+        async def write() -> None:
+            async with self._cluster.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.pexpire(key, int(life * 1000))
+                await pipe.execute()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(write, done)
+        await done
+
+    def ended(self, entry: RunEntry) -> None:
+        """A run ended: its record lives on for its retention."""
+        key, keep = self._key(entry.id), int((entry.runs.retention + SETTLING) * 1000)
+
+        async def write() -> None:
+            async with self._cluster.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, "state", "exited")
+                pipe.pexpire(key, keep, xx=True)
+                await pipe.execute()
+        self._queue(write)
+
+    def forgotten(self, run_id: str) -> None:
+        """A run's retention passed: its record goes."""
+        key = self._key(run_id)
+
+        async def write() -> None:
+            await self._cluster.redis.delete(key)
+        self._queue(write)
+
+    # -- other hosts' runs -----------------------------------------------------------------
+
+    async def attach(self, principal: Principal, request: exec_pb2.AttachRunRequest,
+                     runs: RunsConfig) -> AsyncIterator[exec_pb2.AttachRunResponse]:
+        """The run's stream from the host that holds it."""
+        host, address = await self._owner(principal, request.run_id, runs)
+        stub = exec_pb2_grpc.ExecServiceStub(self._channel(address))
+        call = stub.AttachRun(request, metadata=self.hops.metadata(
+            "/execgate.v1.ExecService/AttachRun", principal, request))
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as error:
+            raise _denial(error, host) from None
+        finally:
+            call.cancel()
+
+    async def cancel(self, principal: Principal, request: exec_pb2.CancelRunRequest,
+                     runs: RunsConfig) -> None:
+        """Cancel a run on the host that holds it."""
+        host, address = await self._owner(principal, request.run_id, runs)
+        stub = exec_pb2_grpc.ExecServiceStub(self._channel(address))
+        await self._unary(stub.CancelRun, "CancelRun", principal, request, host)
+
+    async def signal(self, principal: Principal, request: exec_pb2.SignalRunRequest,
+                     runs: RunsConfig) -> None:
+        """Signal a run on the host that holds it."""
+        host, address = await self._owner(principal, request.run_id, runs)
+        stub = exec_pb2_grpc.ExecServiceStub(self._channel(address))
+        await self._unary(stub.SignalRun, "SignalRun", principal, request, host)
+
+    async def listed(self, principal: Principal) -> list[exec_pb2.RunInfo]:
+        """The runs ``principal`` may see on every other live host. A host that does not
+        answer is left out (its runs are back once it answers, or LOST after its lease)."""
+        request = exec_pb2.ListRunsRequest()
+        found: list[exec_pb2.RunInfo] = []
+        for host_id, address in (await self._peers()).items():
+            stub = exec_pb2_grpc.ExecServiceStub(self._channel(address))
+            try:
+                response = await self._unary(stub.ListRuns, "ListRuns", principal, request,
+                                             host_id)
+            except Denial as denial:
+                log.warning("cluster.host_unanswered", host_id=host_id, detail=str(denial))
+                continue
+            found.extend(response.runs)
+        return found
+
+    # -- the daemon's lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start writing the registry."""
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def close(self) -> None:
+        """Stop writing and close the channels to the other hosts."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+    # -- inside ------------------------------------------------------------------------
+
+    def _key(self, run_id: str) -> str:
+        return self._cluster.key("run", run_id)
+
+    def _queue(self, write: Callable[[], Awaitable[object]],
+               done: asyncio.Future[None] | None = None) -> None:
+        self._writes.put_nowait((write, done))
+
+    async def _write(self) -> None:
+        """One writer, so a run's start, end and forgetting land in Redis in that order."""
+        while True:
+            write, done = await self._writes.get()
+            try:
+                await write()
+            except (RedisError, OSError) as exc:
+                log.warning("cluster.run_registry_unwritten", cause=cause_of(exc))
+            if done is not None and not done.done():
+                done.set_result(None)
+
+    async def _owner(self, principal: Principal, run_id: str,
+                     runs: RunsConfig) -> tuple[str, str]:
+        """The id and address of the live host holding ``run_id``; raises Denial: NOT_FOUND for a
+        run nobody holds (or the caller may not see), NOT_FOUND naming the host for a LOST
+        one, UNAVAILABLE when Redis cannot say."""
+        unknown = Denial(DenialKind.RUN_NOT_FOUND,
+                         f"no run {run_id[:40]!r} (unknown, not yours, or past its "
+                         "retention)", "runs.retention")
+        with self._cluster.reaching("finding a run held by another host"):
+            record = await self._cluster.redis.hgetall(self._key(run_id[:200]))
+            host = _text(record.get(b"host"))
+            address = (await self._cluster.redis.get(self._cluster.key("host", host))
+                       if host else None)
+        owner = Principal(subject=_text(record.get(b"subject")),
+                          method=_text(record.get(b"method")))
+        if (not host or host == self._cluster.host_id
+                or not _may_see(principal, owner, runs)):
+            raise unknown
+        if address is None:
+            raise Denial(DenialKind.RUN_NOT_FOUND,
+                         f"run {run_id!r} is LOST: its host {host!r} has not been heard from "
+                         f"for its lease ({self._cluster.config.lease:g}s); its output and "
+                         "exit are gone with it", LEASE_RULE)
+        return host, _text(address)
+
+    async def _peers(self) -> dict[str, str]:
+        """Live hosts other than this one: host id -> address."""
+        prefix = self._cluster.key("host", "")
+        with self._cluster.reaching("listing the runs of other hosts"):
+            keys = [key async for key in self._cluster.redis.scan_iter(
+                match=f"{prefix}*", count=1000)]
+            addresses = await self._cluster.redis.mget(keys) if keys else []
+        return {host: _text(address)
+                for key, address in zip(keys, addresses, strict=True)
+                if address is not None and
+                (host := _text(key)[len(prefix):]) != self._cluster.host_id}
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        return channel
+
+    async def _unary(self, method: Callable[..., Awaitable[M]], name: str,
+                     principal: Principal, request: Message, host: str) -> M:
+        try:
+            return await method(request, metadata=self.hops.metadata(
+                f"/execgate.v1.ExecService/{name}", principal, request))
+        except grpc.aio.AioRpcError as error:
+            raise _denial(error, host) from None
+
+
+def _may_see(principal: Principal, owner: Principal, runs: RunsConfig) -> bool:
+    """As ``Calls`` decides for its own runs: only a LOST run's own principal (or an
+    operator) learns that it was lost; for anyone else it never existed."""
+    return ((principal.method, principal.subject) == (owner.method, owner.subject)
+            or any(rule_matches(rule, principal) for rule in runs.operators))
+
+
+def _denial(error: grpc.aio.AioRpcError, host: str) -> Denial:
+    """The owner's refusal as its Denial; a host that did not answer as UNAVAILABLE."""
+    trailing = dict(error.trailing_metadata() or ())
+    kind = trailing.get("execgate-error")
+    if isinstance(kind, str) and kind in DenialKind._value2member_map_:
+        rule = trailing.get("execgate-rule")
+        details = error.details() or ""
+        suffix = f" (rule: {rule})" if rule else ""
+        return Denial(DenialKind(kind), details.removesuffix(suffix),
+                      rule if isinstance(rule, str) else "")
+    return Denial(DenialKind.UNAVAILABLE,
+                  f"host {host!r}, which holds this run, did not answer; retry (its runs "
+                  "are LOST if it stays away past its lease)", LEASE_RULE)
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
