@@ -44,9 +44,80 @@ def test_manifest_is_valid_against_the_kubernetes_schema(manifest: Path) -> None
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
 
 
-def test_configmap_carries_the_container_policy_unchanged() -> None:
+def fleet_policy() -> str:
     [configmap] = documents("configmap.yaml")
-    assert configmap["data"]["policy.yaml"] == (ROOT / "policies/container.yaml").read_text()
+    text: str = configmap["data"]["policy.yaml"]
+    return text
+
+
+def test_configmap_carries_the_container_policy_with_a_cluster_only() -> None:
+    """The same policy as a single container's, the fleet's server.cluster added."""
+    fleet = yaml.safe_load(fleet_policy())
+    fleet["server"].pop("cluster")
+    assert fleet == yaml.safe_load((ROOT / "policies/container.yaml").read_text())
+
+
+def test_fleet_policy_loads_with_the_deployments_environment(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every ${VAR} of the policy comes from the Deployment: a Secret or the pod itself."""
+    given = {e["name"] for e in container()["env"]} | {"EXECGATE_CI_KEY"}
+    for name in given:
+        monkeypatch.setenv(name, "10.1.2.3" if name == "POD_IP" else f"{name.lower()}-0123456789")
+    monkeypatch.setenv("EXECGATE_REDIS_URL", "rediss://execgate:secret@redis.internal:6379/0")
+    (tmp_path / "policy.yaml").write_text(fleet_policy())
+    cluster = load_policy(tmp_path / "policy.yaml").config.server.cluster
+    assert cluster is not None
+    assert cluster.advertise == f"10.1.2.3:{container()['ports'][0]['containerPort']}"
+    assert cluster.key_env in given
+    assert set(re.findall(r"\$\{(\w+)", fleet_policy())) <= given
+
+
+def test_redis_is_referenced_by_a_secret_never_run_here() -> None:
+    """An existing Redis: its URL (with its password) from a Secret, no Redis workload."""
+    env = {e["name"]: e["valueFrom"] for e in container()["env"]}
+    assert env["EXECGATE_REDIS_URL"] == {
+        "secretKeyRef": {"name": "execgate-fleet", "key": "redis-url"}}
+    images = [c["image"] for m in MANIFESTS for d in documents(m.name)
+              if d["kind"] in ("Deployment", "StatefulSet")
+              for c in d["spec"]["template"]["spec"]["containers"]]
+    assert images == ["execgate:0.1.0"]
+
+
+def test_more_than_one_replica_spread_over_nodes() -> None:
+    [deployment] = documents("deployment.yaml")
+    assert deployment["spec"]["replicas"] > 1
+    [spread] = pod()["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_disruptions_take_one_pod_at_a_time() -> None:
+    [budget] = documents("poddisruptionbudget.yaml")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == pod_labels()
+
+
+def test_headless_service_resolves_to_every_ready_pod() -> None:
+    """For client-side balancing (dns:///): no cluster IP, not-ready pods left out."""
+    headless = {d["metadata"]["name"]: d for d in documents("service.yaml")}["execgate-headless"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == pod_labels()
+    assert not headless["spec"].get("publishNotReadyAddresses", False)
+    [port] = headless["spec"]["ports"]
+    assert port["targetPort"] == container()["ports"][0]["name"]
+
+
+def test_network_policy_lets_pods_reach_each_other_and_redis() -> None:
+    [policy] = documents("networkpolicy.yaml")
+    [rule] = policy["spec"]["ingress"]
+    assert {"podSelector": {"matchLabels": pod_labels()}} in rule["from"]
+    egress_ports = {p["port"] for r in policy["spec"]["egress"] for p in r["ports"]}
+    assert {7878, 6379} <= egress_ports
+
+
+def pod_labels() -> dict[str, str]:
+    [deployment] = documents("deployment.yaml")
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
 
 
 def test_container_policy_loads(monkeypatch: pytest.MonkeyPatch) -> None:
