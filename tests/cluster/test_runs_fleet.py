@@ -106,6 +106,18 @@ def test_a_run_is_signalled_through_another_host(hosts: list[Daemon]) -> None:
     assert [e.exit_code for e in ends] == [3]
 
 
+def test_a_run_record_names_its_host_and_expires(
+        hosts: list[Daemon], redis_server: RedisServer) -> None:
+    """Registered before its id is told, with a TTL; marked exited when it ends (a host
+    writes its records in order: once a later run is registered, the first's end is)."""
+    first = hosts[0].client().run(["true"], agent="dev")
+    hosts[0].client().run(["true"], agent="dev")
+    with redis.Redis(unix_socket_path=str(redis_server.socket)) as r:
+        key = f"execgate:run:{first.run_id}"
+        assert r.hmget(key, "host", "state") == [b"host-1", b"exited"]
+        assert r.pttl(key) > 0
+
+
 def test_an_unknown_run_is_not_found_on_every_host(hosts: list[Daemon]) -> None:
     with pytest.raises(NotFoundError) as info:
         hosts[1].client().cancel("0" * 32)
