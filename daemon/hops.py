@@ -12,6 +12,8 @@ expired assertion is refused as UNAUTHENTICATED, and so is any assertion sent to
 that is not in a fleet. An assertion is good for HOP_TTL seconds and only for the one
 method and request it was made for. A hop is answered from the owner's own runs only: it
 is never forwarded again.
+
+Outside ``execgate.daemon.cluster``: a daemon alone refuses hops without importing Redis.
 """
 
 from __future__ import annotations

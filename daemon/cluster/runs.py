@@ -37,6 +37,11 @@ from execgate.v1 import exec_pb2, exec_pb2_grpc
 LEASE_RULE = "server.cluster.lease"
 SETTLING = 5.0
 """Seconds past a run's deadline its record is kept for: the kill grace and reaping."""
+MAX_PENDING_WRITES = 10_000
+"""Registry writes waiting for Redis; past it (Redis hung, calls on local limits) they are
+dropped: every record expires by itself, and the run goes on."""
+REGISTER_WAIT = 2.0
+"""Seconds a new run's caller waits for its record at most (Redis's own command timeout)."""
 M = TypeVar("M", bound=Message)
 log = structlog.get_logger()
 
@@ -50,7 +55,8 @@ class FleetRuns:
         """The fleet's assertions: made for calls to other hosts, verified on this one."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._writes: asyncio.Queue[tuple[Callable[[], Awaitable[object]],
-                                          asyncio.Future[None] | None]] = asyncio.Queue()
+                                          asyncio.Future[None] | None]] = asyncio.Queue(
+            MAX_PENDING_WRITES)
         self._writer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -78,7 +84,12 @@ class FleetRuns:
                 await pipe.execute()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue(write, done)
-        await done
+        try:  # behind writes a hung Redis holds up, the run is not held up with them
+            await asyncio.wait_for(asyncio.shield(done), REGISTER_WAIT)
+        except TimeoutError:
+            log.warning("cluster.run_unregistered", run_id=entry.id,
+                        detail="Redis did not answer in time: the run is reachable on "
+                        "this host only")
 
     def ended(self, entry: RunEntry) -> None:
         """A run ended: its record lives on for its retention."""
@@ -169,7 +180,12 @@ class FleetRuns:
 
     def _queue(self, write: Callable[[], Awaitable[object]],
                done: asyncio.Future[None] | None = None) -> None:
-        self._writes.put_nowait((write, done))
+        try:
+            self._writes.put_nowait((write, done))
+        except asyncio.QueueFull:
+            log.warning("cluster.run_registry_unwritten", cause="too many writes waiting")
+            if done is not None:
+                done.set_result(None)
 
     async def _write(self) -> None:
         """One writer, so a run's start, end and forgetting land in Redis in that order."""

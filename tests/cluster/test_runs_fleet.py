@@ -171,6 +171,18 @@ def test_an_expired_hop_is_refused(hosts: list[Daemon]) -> None:
     assert _attach_with(hosts[0].target, stale) == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_a_hop_made_for_another_request_is_refused(hosts: list[Daemon]) -> None:
+    """The assertion covers the request: one captured for a run does not serve another."""
+    signed_for = exec_pb2.AttachRunRequest(run_id="a" * 32)
+    metadata = Hops(CLUSTER_KEY.encode(), "host-2").metadata(ATTACH, TESTER, signed_for)
+    with grpc.insecure_channel(hosts[0].target) as channel:
+        call = exec_pb2_grpc.ExecServiceStub(channel).AttachRun(
+            exec_pb2.AttachRunRequest(run_id="b" * 32), metadata=metadata, timeout=30)
+        with pytest.raises(grpc.RpcError) as info:
+            list(call)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_a_valid_hop_is_answered_from_the_hosts_own_runs(hosts: list[Daemon]) -> None:
     """Signed right, for a run it does not hold: NOT_FOUND, never forwarded again."""
     fleet = Hops(CLUSTER_KEY.encode(), "host-2")
