@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,15 +94,18 @@ class Fleet:
 
 
 def start_fleet(root: Path, redis: RedisServer, count: int = 3, extra_server: str = "",
-                policy: str = TEST_POLICY, env: dict[str, str] | None = None) -> Fleet:
-    """``count`` daemons (host-1 ...) with the same cluster config, each in its own root."""
+                policy: str = TEST_POLICY, env: dict[str, str] | None = None,
+                urls: dict[int, str] | None = None) -> Fleet:
+    """``count`` daemons (host-1 ...) with the same cluster config, each in its own root;
+    ``urls`` gives host N another way to Redis (a proxy that can cut it off)."""
     fleet = Fleet()
     try:
         for n in range(1, count + 1):
             host_root = root / f"host-{n}"
             host_root.mkdir()
             fleet.hosts.append(start_daemon(
-                host_root, cluster_policy(redis.url, f"host-{n}", extra_server, policy),
+                host_root, cluster_policy((urls or {}).get(n, redis.url), f"host-{n}",
+                                          extra_server, policy),
                 env={"EXECGATE_CLUSTER_KEY": CLUSTER_KEY, **(env or {})}))
     except BaseException:
         fleet.stop()
@@ -114,3 +120,60 @@ def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[Fleet]:
     yield started
     started.stop()
 
+
+
+class Partition:
+    """A unix socket in front of Redis for one host: ``cut`` drops its connections and
+    refuses new ones (a partition between that host and Redis), ``heal`` ends it."""
+
+    def __init__(self, redis: RedisServer) -> None:
+        self._redis = redis
+        self.socket = redis.directory / "partitioned.sock"
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.heal()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def heal(self) -> None:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(self.socket))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self._listener is not None
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self.socket.unlink()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(str(self._redis.socket))
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)

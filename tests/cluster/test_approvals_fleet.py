@@ -18,7 +18,7 @@ from execgate.client import (
     NotFoundError,
     RPCError,
 )
-from tests.cluster.conftest import Fleet, RedisServer, start_fleet
+from tests.cluster.conftest import Fleet, Partition, RedisServer, start_fleet
 from tests.conftest import Daemon
 
 APPROVER_KEY = "approver-key-0123456789"
@@ -193,3 +193,31 @@ def test_without_redis_an_approval_is_neither_asked_nor_decided(
     thread.join()
     assert isinstance(out.get(), RPCError)
     assert not (host1.workspace / "ran.txt").exists()
+
+
+def test_a_host_cut_off_from_redis_uses_no_approval_twice(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """Host 1 loses Redis while its call waits: it cannot decide; the fleet's one decision,
+    made meanwhile, reaches it once it is back, and nothing can decide again."""
+    partition = Partition(redis_server)
+    fleet = start_fleet(tmp_path, redis_server, policy=POLICY, urls={1: partition.url})
+    try:
+        host1, host2, host3 = fleet.hosts
+        thread, out = ask(host1)
+        request = pending_on(host2)
+        partition.cut()
+        with pytest.raises(RPCError) as refused:
+            decide_on(host1, request, True)
+        assert refused.value.status is grpc.StatusCode.UNAVAILABLE
+        decide_on(host3, request, True)
+        with pytest.raises(NotFoundError):
+            decide_on(host2, request, True)
+        partition.heal()
+        thread.join()
+        assert getattr(out.get(), "exit_code", None) == 0
+        with pytest.raises(NotFoundError):
+            decide_on(host1, request, False)
+        assert (host1.workspace / "ran.txt").read_text() == "once\n"
+        assert len(host1.audit("run.started")) == 1
+    finally:
+        fleet.stop()
