@@ -3,7 +3,9 @@
 Rate limiting is the guide's ``server.rate_limiting``: a token bucket that refills at
 ``requests_per_minute`` and holds ``burst`` calls, one for the whole daemon or, with
 ``per_user``, one per principal (anonymous callers share one). A call over the limit is
-refused with RESOURCE_EXHAUSTED and the time to wait; it is never queued.
+refused with RESOURCE_EXHAUSTED and the time to wait; it is never queued. The call pipeline
+awaits ``take``: in a fleet, ``SharedRateLimiter`` (``execgate.daemon.cluster``) takes from
+buckets in Redis instead.
 
 Failed authentication is limited apart from calls (``FailedAttempts``), per peer address,
 because a caller guessing credentials has no principal to be limited by.

@@ -26,9 +26,11 @@ from execgate.daemon.limits import FailedAttempts, RateLimiter
 from execgate.daemon.policy import Policy
 
 RESTART_ONLY = ("server.port", "server.listen", "server.tls", "server.allow_remote_plaintext",
-                "server.unix_uids", "server.max_concurrent_runs", "approvals", "logger")
+                "server.unix_uids", "server.max_concurrent_runs", "server.cluster", "approvals",
+                "logger")
 """Settings read once at start: listeners, TLS files, unix socket peers, run slots, the
-pending approvals' rules and the logger."""
+fleet (its Redis and this host's name in it), the pending approvals' rules and the
+logger."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import redis
 
+from execgate.daemon.config import PolicyConfig
+from execgate.daemon.snapshot import keep_restart_only
 from tests.cluster.conftest import Fleet, RedisServer, cluster_policy
 from tests.conftest import TEST_POLICY
 
@@ -51,3 +53,16 @@ def test_a_redis_url_of_another_scheme_is_refused(tmp_path: Path) -> None:
              "EXECGATE_CLUSTER_KEY": "s" * 20}, timeout=60)
     assert result.returncode != 0
     assert "is not a Redis URL" in result.stderr + result.stdout
+
+
+def test_a_reload_keeps_the_fleet_it_started_in_and_says_so() -> None:
+    """The Redis connection and the host's name are made once, at start."""
+    base = {"tools": {"shell": {"type": "command", "allowed_commands": ["true"]}},
+            "agents": {"dev": {"tools": ["shell"]}}}
+    cluster = {"redis_url": "unix:///run/redis.sock", "host_id": "a", "advertise": "h:1"}
+    old = PolicyConfig.model_validate({**base, "server": {"cluster": cluster}})
+    new = PolicyConfig.model_validate(
+        {**base, "server": {"cluster": {**cluster, "host_id": "b"}}})
+    kept, changed = keep_restart_only(old, new)
+    assert changed == ["server.cluster"]
+    assert kept.server.cluster == old.server.cluster
