@@ -136,7 +136,7 @@ def _cluster_problems(config: PolicyConfig) -> list[str]:
         return []
     problems = []
     if importlib.util.find_spec("redis") is None:
-        problems.append("server.cluster needs the Redis client: pip install execgate[cluster]")
+        problems.append("server.cluster needs the Redis client: pip install 'execgate[cluster]'")
     host, sep, port = cluster.advertise.rpartition(":")
     if not (host and sep and port.isdigit()):
         problems.append(f"server.cluster.advertise: {cluster.advertise!r} is not HOST:PORT, "
