@@ -159,9 +159,9 @@ class Audit:
 
     def started(self, run_id: str, principal: Principal, plan: Plan,
                 spawn_seconds: float = 0.0) -> None:
-        """A call allowed: exactly what runs (its secrets redacted), and how long its process
-        took to start (``spawn_seconds``, ending now) and the call waited before (since it
-        arrived, approval included)."""
+        """A call allowed: exactly what runs (its secrets redacted), how long handing it to
+        the sandbox took (``spawn_seconds``, ending now), and how long the call waited before
+        (since it arrived, approval included)."""
         fields: dict[str, Any] = {"agent": plan.agent, "tool": plan.tool,
                                   "executable": plan.executable,
                                   "timeout": plan.limits.timeout,
