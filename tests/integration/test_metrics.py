@@ -30,9 +30,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def _address(daemon: Daemon) -> str:
-    for line in daemon.stderr_lines:
-        if '"metrics.listening"' in line:
-            return str(json.loads(line)["address"])
+    """Where the daemon serves metrics, as it logged before serving (its stderr is read by a
+    thread of its own: the line may arrive after the daemon said it serves)."""
+    def said() -> list[str]:
+        return [line for line in daemon.stderr_lines if '"metrics.listening"' in line]
+
+    with daemon.said:
+        daemon.said.wait_for(said, timeout=10)
+    for line in said():
+        return str(json.loads(line)["address"])
     raise AssertionError("the daemon did not say where metrics are served")
 
 
