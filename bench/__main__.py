@@ -324,7 +324,10 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        daemon = start_daemon(root, POLICY % run_as)
+        # Its log to a file, as under a service manager: read by a thread of this process it
+        # would take the measuring client's GIL (SWE-ReX's server log is read here, but its
+        # client runs in a process of its own).
+        daemon = start_daemon(root, POLICY % run_as, log=root / "execgated.log")
         stack.callback(daemon.stop)
         contenders: dict[str, Contender] = {"floor": Floor(),
                                             "execgate": Execgate(daemon, "shell"),

@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        daemon = start_daemon(Path(root), POLICY)
+        daemon = start_daemon(Path(root), POLICY, log=Path(root) / "execgated.log")
         try:
             proc = psutil.Process(daemon.proc.pid)
             print(f"machine: {os.cpu_count()} cores, Linux {os.uname().release}")

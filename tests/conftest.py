@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -163,10 +164,13 @@ def writable_by_commands(path: Path) -> Path:
 
 def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, str] | None = None,
                  extra_args: tuple[str, ...] = (), own_group: bool = False,
-                 wrapper: tuple[str, ...] = (), pass_fds: tuple[int, ...] = ()) -> Daemon:
+                 wrapper: tuple[str, ...] = (), pass_fds: tuple[int, ...] = (),
+                 log: Path | None = None) -> Daemon:
     """Start execgated in ``root`` and return once it says it is serving; ``own_group``
     makes it lead a process group of its own (which a test may signal as a whole);
-    ``wrapper`` is a command line put before the daemon's, which is handed ``pass_fds``."""
+    ``wrapper`` is a command line put before the daemon's, which is handed ``pass_fds``.
+    ``log``: its stderr goes to that file, as a service manager's would, and not through
+    this process (a benchmark's; ``Daemon.audit`` then sees nothing)."""
     (root / "workspace").mkdir(exist_ok=True)
     writable_by_commands(root / "workspace")
     args = [*wrapper, *daemon_command(), "serve", "--listen", "127.0.0.1:0", *extra_args]
@@ -175,28 +179,32 @@ def start_daemon(root: Path, policy: str | None = TEST_POLICY, env: dict[str, st
         args += ["--config", str(root / "policy.yaml")]
     full_env = {**os.environ, "TEST_API_KEY": API_KEY, "XDG_STATE_HOME": str(root / "state"),
                 "CGROUP": "required" if HAS_CGROUP else "optional", **(env or {})}
-    proc = subprocess.Popen(args, cwd=root, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, pass_fds=pass_fds,
-                            process_group=0 if own_group else None)
-    assert proc.stdout is not None and proc.stderr is not None
+    with open(log, "w") if log is not None else contextlib.nullcontext() as log_file:
+        proc = subprocess.Popen(args, cwd=root, env=full_env, stdout=subprocess.PIPE,
+                                stderr=log_file or subprocess.PIPE, text=True,
+                                pass_fds=pass_fds, process_group=0 if own_group else None)
+    assert proc.stdout is not None
     daemon = Daemon(proc=proc, target="", root=root)
     stderr = proc.stderr
 
     def drain() -> None:
+        assert stderr is not None
         for line in stderr:
             with daemon.said:
                 daemon.stderr_lines.append(line)
                 daemon.said.notify_all()
 
-    daemon.drainer = threading.Thread(target=drain, daemon=True)
-    daemon.drainer.start()
+    if stderr is not None:
+        daemon.drainer = threading.Thread(target=drain, daemon=True)
+        daemon.drainer.start()
     for line in proc.stdout:  # blocks until the daemon prints; no sleeping
         if line.startswith("execgated: serving on "):
             daemon.target = line.removeprefix("execgated: serving on ").strip().split(", ")[0]
             break
     if not daemon.target:
         daemon.stop()
-        raise RuntimeError("execgated did not start:\n" + "".join(daemon.stderr_lines))
+        said = log.read_text() if log is not None else "".join(daemon.stderr_lines)
+        raise RuntimeError("execgated did not start:\n" + said)
     return daemon
 
 

@@ -37,10 +37,14 @@ class _OpenHow(ctypes.Structure):
                 ("resolve", ctypes.c_uint64)]
 
 
+_MACHINE = os.uname().machine
+"""Asked once: a job's init resolves its working directory with openat2 on every job."""
+
+
 def _syscall_number(name: str) -> int:
-    numbers = _SYSCALLS.get(os.uname().machine)
+    numbers = _SYSCALLS.get(_MACHINE)
     if numbers is None:
-        raise OSError(38, f"{name}: unsupported machine {os.uname().machine}")  # ENOSYS
+        raise OSError(38, f"{name}: unsupported machine {_MACHINE}")  # ENOSYS
     return numbers[name]
 
 
