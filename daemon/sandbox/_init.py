@@ -40,7 +40,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
 _DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals()
                          if s not in (signal.SIGKILL, signal.SIGSTOP) and 0 < s < 32)
-MAX_JOBS = 256
+MAX_JOBS = 4096
 """Jobs one init runs before it makes way for a fresh one."""
 
 _COMMAND: list[int] = []
