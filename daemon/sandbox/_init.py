@@ -10,14 +10,18 @@ then only a working directory and a ``posix_spawn`` (vfork-fast: no Python runs 
 child). It forwards the daemon's signals to the command's session, reaps every orphan, and
 reports the command's status.
 
-An init runs the jobs of its kind one after another (up to ``MAX_JOBS``), which is what
-makes a short command cheap: nothing is cloned, mounted or enforced per call. It takes
-another job only when nothing of the last one is left for it to see: every process of the
-job is gone, its private /tmp and /dev/shm are empty, and nothing a job may change of its
-init from outside (rlimits, scheduling, CPU affinity) has changed; and only when the jobs
-hold no capability in its namespaces (with them, a job could change what the next one
-sees). Otherwise it exits after its report, and the kernel ends whatever is left in its
-namespaces: setsid and double forks cannot outlive the job.
+An init runs the jobs of its kind one after another (up to ``MAX_JOBS``, for at most
+``MAX_SECONDS``), which is what makes a short command cheap: nothing is cloned, mounted or
+enforced per call. It takes another job only when what it gave the last one is as it was:
+every process of the job is gone, its private /tmp and /dev/shm are as its view built them
+(its /dev is read-only), and nothing a job may change of its init from outside (rlimits,
+CPU affinity, I/O priority, scheduling attributes) has changed; only after a job that ran
+(a refused one may mean the jail was replaced on the host); and only when the jobs cannot
+change its namespaces for the next one (they hold no capability in them, or it has none of
+its own and they share the host's, as every such job does). SysV IPC and keyrings are the
+host's for every job, reused init or not. Otherwise it exits after its report, and the
+kernel ends whatever is left in its namespaces: setsid and double forks cannot outlive the
+job.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ _DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals()
                          if s not in (signal.SIGKILL, signal.SIGSTOP) and 0 < s < 32)
 MAX_JOBS = 4096
 """Jobs one init runs before it makes way for a fresh one."""
+MAX_SECONDS = 300.0
+"""Seconds an init takes jobs for: its view binds the jail and write paths as they were when
+it was made, and a directory the host replaced since is seen afresh by a fresh init."""
+MAX_SCRATCH_ENTRIES = 256
+"""Entries in its private /tmp and /dev/shm past which an init is not cleaned up for another
+job but replaced (a job that fills /tmp must not make the next one wait)."""
 
 _COMMAND: list[int] = []
 """The running command's pid (its session), while there is one: where signals from outside
@@ -66,9 +76,9 @@ class _Ready:
     """An O_PATH descriptor of the jail, opened before the user changed."""
     jail_path: str
     scratch: tuple[str, ...]
-    """Its private /tmp and /dev/shm: they must be as the view left them (empty, or
-    holding only the directories a jail inside is mounted on) before another job runs."""
-    scratch_state: frozenset[tuple[str, int, int]]
+    """Its private /tmp and /dev/shm: they must be as the view left them (empty, or holding
+    only the directories a jail inside is mounted on) before another job runs."""
+    scratch_state: frozenset[tuple[str, int, int]] | None
     reusable: bool
     """Whether the jobs are without capabilities, so that they cannot change this init's
     namespaces for the next job."""
@@ -105,8 +115,10 @@ def init_main(sock: socket.socket, flags: int, view_root: str, kind: Kind | None
 
 def _serve(sock: socket.socket, flags: int, ready: _Ready) -> NoReturn:
     """Run jobs as the daemon sends them, until one leaves something behind, MAX_JOBS ran,
-    or the daemon closes the socket (a pooled init waits in ``_next_job``)."""
+    MAX_SECONDS passed, a job was refused, or the daemon closes the socket (a pooled init
+    waits in ``_next_job``)."""
     state = _inheritable()
+    born = time.monotonic()
     for jobs in range(1, MAX_JOBS + 1):
         spec, fds = _next_job(sock)
         if spec is None:
@@ -115,12 +127,15 @@ def _serve(sock: socket.socket, flags: int, ready: _Ready) -> NoReturn:
         try:
             report = _run(spec, fds, flags, ready, sock)
         except JobRefused as exc:
-            report = {"error": str(exc)}
+            # Most likely the jail or a write path was replaced on the host since this init
+            # bound them: a fresh init sees the new ones.
+            report = {"error": str(exc), "again": False}
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 _wire.send(sock, {"error": f"{type(exc).__name__}: {exc}"})
             os._exit(0)
-        report["again"] = (ready.reusable and jobs < MAX_JOBS and _clean(ready)
+        report["again"] = (report.get("again", True) and ready.reusable and jobs < MAX_JOBS
+                           and time.monotonic() - born < MAX_SECONDS and _clean(ready)
                            and _inheritable() == state and _time_left())
         with contextlib.suppress(OSError):
             _wire.send(sock, report)
@@ -159,7 +174,7 @@ def _prepare(flags: int, view_root: str, kind: Kind | None, cgroups: list[str],
         view = kind["view"]
         _view.build(view_root, view["read"], view["write"], view["unix_sockets"],
                     kind["tmp_size"])
-        scratch = ("/tmp", "/dev/shm")
+        scratch = ("/tmp", "/dev/shm")  # the view's /dev is read-only
     elif flags & _linux.CLONE_NEWNS and kind["tmp_dir"]:
         _linux.mount("tmpfs", kind["tmp_dir"], "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
                      f"size={kind['tmp_size']},mode=1777")
@@ -357,14 +372,16 @@ def _clean(ready: _Ready) -> bool:
     except ChildProcessError:
         pass
     try:
-        return _entries(ready.scratch) == ready.scratch_state
+        entries = _entries(ready.scratch)
+        return entries is not None and entries == ready.scratch_state
     except OSError:
         return False
 
 
-def _entries(roots: tuple[str, ...]) -> frozenset[tuple[str, int, int]]:
+def _entries(roots: tuple[str, ...]) -> frozenset[tuple[str, int, int]] | None:
     """Every entry in the file systems of ``roots`` (path, inode, mode), without following
-    a symlink or entering another mount (a jail bound inside is the jobs' to change)."""
+    a symlink or entering another mount (a jail bound inside is the jobs' to change); None
+    past MAX_SCRATCH_ENTRIES."""
     found = set()
     for root in roots:
         device = os.lstat(root).st_dev
@@ -374,6 +391,8 @@ def _entries(roots: tuple[str, ...]) -> frozenset[tuple[str, int, int]]:
                 for entry in entries:
                     st = entry.stat(follow_symlinks=False)
                     found.add((entry.path, st.st_ino, st.st_mode))
+                    if len(found) > MAX_SCRATCH_ENTRIES:
+                        return None
                     if entry.is_dir(follow_symlinks=False) and st.st_dev == device:
                         pending.append(entry.path)
     return frozenset(found)
@@ -392,8 +411,8 @@ _RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.start
 
 def _inheritable() -> tuple[object, ...]:
     """What a job may change of this init from outside (it runs as the same user) that the
-    next job would inherit: its rlimits (prlimit), nice value, CPU affinity and scheduling
-    policy."""
-    return (tuple(resource.getrlimit(r) for r in _RLIMITS),
-            os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0),
-            os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    next job would inherit: its rlimits (prlimit), CPU affinity, I/O priority (ioprio_set)
+    and scheduling attributes (sched_setattr: policy, nice, priority, utilisation
+    clamps)."""
+    return (tuple(resource.getrlimit(r) for r in _RLIMITS), os.sched_getaffinity(0),
+            _linux.ioprio(), _linux.sched_attr())

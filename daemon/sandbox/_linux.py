@@ -28,8 +28,10 @@ PR_SET_NO_NEW_PRIVS = 38
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_SYSCALLS = {"x86_64": {"pivot_root": 155, "openat2": 437},
-             "aarch64": {"pivot_root": 41, "openat2": 437}}
+_SYSCALLS = {"x86_64": {"pivot_root": 155, "openat2": 437, "ioprio_get": 252,
+                        "sched_getattr": 315},
+             "aarch64": {"pivot_root": 41, "openat2": 437, "ioprio_get": 31,
+                         "sched_getattr": 275}}
 
 
 class _OpenHow(ctypes.Structure):
@@ -112,3 +114,26 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
 
 _OPENAT2_TRIES = 64
 """Attempts before a ".." lookup that keeps meeting renames elsewhere is given up (EAGAIN)."""
+
+
+_IOPRIO_WHO_PROCESS = 1
+_SCHED_ATTR_SIZE = 56
+"""struct sched_attr up to its utilisation clamps (Linux 5.3)."""
+
+
+def ioprio() -> int:
+    """This process's I/O priority (ioprio_get(2)), as the kernel encodes it."""
+    value = int(_libc.syscall(ctypes.c_long(_syscall_number("ioprio_get")),
+                              ctypes.c_int(_IOPRIO_WHO_PROCESS), ctypes.c_int(0)))
+    _check(min(value, 0), "ioprio_get")  # a priority is >= 0, -1 an error
+    return value
+
+
+def sched_attr() -> bytes:
+    """This process's scheduling attributes (sched_getattr(2)): policy, flags, nice,
+    priority, deadline parameters and utilisation clamps, as the kernel's struct."""
+    attr = ctypes.create_string_buffer(_SCHED_ATTR_SIZE)
+    _check(int(_libc.syscall(ctypes.c_long(_syscall_number("sched_getattr")), ctypes.c_int(0),
+                             attr, ctypes.c_uint(_SCHED_ATTR_SIZE), ctypes.c_uint(0))),
+           "sched_getattr")
+    return attr.raw

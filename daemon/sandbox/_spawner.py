@@ -136,9 +136,10 @@ class Spawner:
         self._idle: dict[str, list[_Init]] = {}
         """Waiting inits by kind, the most recently used kind last."""
         self._reused: set[str] = set()
+        """Kinds whose inits came back from a job: one taken needs no replacement while
+        another waits."""
         self._told: set[str] = set()
         """Kinds the running helper has been told (a Want carries a kind only once)."""
-        """Kinds whose inits came back from a job: one taken needs no replacement."""
         self._waiting: dict[str, collections.deque[_Waiting]] = {}
         self._running: dict[int, Job] = {}
         self._pongs: dict[int, asyncio.Future[None]] = {}
@@ -340,8 +341,13 @@ class Spawner:
                 pong.set_result(None)
 
     def _offered(self, offer: Offer, fds: list[int]) -> None:
-        self._place(_Init(offer["key"], offer["pid"], socket.socket(fileno=fds[0]), fds[1],
-                          offer["counters"], self._helper))
+        sock = socket.socket(fileno=fds[0])
+        # Never blocks the event loop: a spec goes to an init that waits for it, a report is
+        # read when readable, and a signal its init cannot take now (the command ended, it
+        # is cleaning up) is moot.
+        sock.setblocking(False)
+        self._place(_Init(offer["key"], offer["pid"], sock, fds[1], offer["counters"],
+                          self._helper))
 
     def _place(self, init: _Init) -> None:
         """A waiting init: to the first job waiting for its kind, else into its pool while

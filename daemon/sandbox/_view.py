@@ -85,6 +85,11 @@ def leave_host() -> None:
     """Detach the host's root from the view: from now on only the view exists."""
     _linux.umount2(HOST, _linux.MNT_DETACH)
     os.rmdir(HOST)
+    # /dev holds only links and the devices' mount points (the host's root was the last
+    # thing it held): read-only, so that no job can re-point /dev/stdout or leave a file
+    # for a later job of the same init.
+    _linux.mount("none", "/dev", None,
+                 _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | _linux.MS_NOSUID, None)
 
 
 def _bind_read(root: str, path: str, others: Iterable[str]) -> None:

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from execgate.client import ExitReason, OutputChunk
 from tests.adversarial.by_attack._outside import processes_with, sleep_marker
-from tests.conftest import Daemon, start_daemon
+from tests.conftest import Daemon, start_daemon, writable_by_commands
 
 POLICY = """\
 version: "2"
@@ -20,7 +21,7 @@ tools:
   shell:
     type: command
     working_directory: ./workspace
-    allowed_commands: [sh, cut, prlimit, renice, taskset, sleep, ls]
+    allowed_commands: [sh, cut, prlimit, renice, taskset, ionice, sleep, ls, touch]
 agents:
   dev:
     tools: [shell]
@@ -32,7 +33,7 @@ server:
 logger: {level: info, format: json}
 """
 
-INHERITED = "ulimit -n; ulimit -s; nice; taskset -p $$ | cut -d: -f2"
+INHERITED = "ulimit -n; ulimit -s; nice; taskset -p $$ | cut -d: -f2; ionice -p $$"
 """What a job inherits from its init and can read of itself."""
 
 
@@ -43,9 +44,18 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d.stop()
 
 
+def _ran(daemon: Daemon, script: str) -> bool:
+    """Whether ``script`` ran (and was not refused by the sandbox)."""
+    with daemon.client() as c:
+        result = c.run(["sh", "-c", script], agent="dev", tool="shell", timeout=10)
+    return result.exit.reason is ExitReason.EXITED
+
+
 def _sh(daemon: Daemon, script: str) -> tuple[int, str]:
+    """``script``'s exit code and stdout; it must have run, not been refused."""
     with daemon.client() as c:
         result = c.run(["sh", "-c", script], agent="dev", tool="shell", timeout=10, text=True)
+    assert result.exit.reason is ExitReason.EXITED, result.exit
     return result.exit_code, result.stdout
 
 
@@ -96,3 +106,33 @@ def test_a_job_renicing_its_init_does_not_reach_the_next_job(daemon: Daemon) -> 
     before = _sh(daemon, INHERITED)
     _sh(daemon, "renice -n 19 -p 1; taskset -p 1 1")
     assert _sh(daemon, INHERITED) == before
+
+
+def test_a_job_lowering_its_inits_io_priority_does_not_reach_the_next_job(
+        daemon: Daemon) -> None:
+    """ioprio_set(2) on pid 1 needs only the same user, whatever the dumpable flag says, and
+    a child inherits it (ionice -c 3 -p)."""
+    before = _sh(daemon, INHERITED)
+    _sh(daemon, "ionice -c 3 -p 1")
+    assert _sh(daemon, INHERITED) == before
+
+
+def test_a_workspace_replaced_on_the_host_is_used_from_the_next_calls_on(
+        daemon: Daemon) -> None:
+    """An init binds the jail as it was when it was made: a job refused because its working
+    directory changed retires the init, so that calls go on in the new directory (a stale
+    init never keeps a tool broken). The workspace is replaced while a job runs in an init
+    that bound the old one."""
+    with daemon.client() as c:
+        running = c.start(["sh", "-c", "echo up; sleep 0.5"], agent="dev", tool="shell")
+        events = running.events()
+        while not isinstance(next(events), OutputChunk):
+            pass  # up: it runs in its directory
+        old = daemon.workspace.rename(daemon.root / "workspace.old")
+        daemon.workspace.mkdir()
+        writable_by_commands(daemon.workspace)
+        assert running.wait().exit.reason is ExitReason.EXITED
+    outcomes = [_ran(daemon, "touch made-here") for _ in range(6)]
+    assert all(outcomes[3:]), outcomes  # refused at most by the inits that bound the old one
+    assert (daemon.workspace / "made-here").exists()
+    assert not (old / "made-here").exists()
