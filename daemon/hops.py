@@ -5,7 +5,8 @@ gRPC, as the caller. The owner cannot check the caller's credential (a client ce
 or a unix peer does not travel), so the forwarding host asserts who the caller is, signed
 with the fleet's shared secret (``server.cluster.key_env``):
 
-    HMAC-SHA256(secret, method | principal | SHA-256(request) | expiry | forwarding host)
+    HMAC-SHA256(secret, method | principal | SHA-256(request) | expiry | forwarding host |
+                target host)
 
 in the call's metadata. The owner verifies it before the handler runs; a forged, altered or
 expired assertion is refused as UNAUTHENTICATED, and so is any assertion sent to a daemon
@@ -61,13 +62,14 @@ class Hops:
         self._host_id = host_id
         self._clock = clock
 
-    def metadata(self, method: str, principal: Principal,
-                 request: Message) -> tuple[tuple[str, str], ...]:
-        """The metadata asserting that ``principal`` makes this call, for HOP_TTL seconds."""
+    def metadata(self, method: str, principal: Principal, request: Message,
+                 target: str) -> tuple[tuple[str, str], ...]:
+        """The metadata asserting that ``principal`` makes this call on host ``target``, for
+        HOP_TTL seconds (no other host accepts it)."""
         who = _encoded(principal)
         expires = f"{self._clock() + HOP_TTL:.3f}"
         return ((PRINCIPAL, who), (EXPIRES, expires), (FROM, self._host_id),
-                (SIGNATURE, self._sign(method, who, request, expires, self._host_id)))
+                (SIGNATURE, self._sign(method, who, request, expires, self._host_id, target)))
 
     def verify(self, method: str, metadata: Metadata, request: Message | None) -> Principal:
         """The principal a hop asserts; raises Denial (UNAUTHENTICATED) unless its
@@ -79,7 +81,7 @@ class Hops:
         if request is None:
             raise refused(f"{method} is never forwarded")
         expected = self._sign(method, fields[PRINCIPAL], request, fields[EXPIRES],
-                              fields[FROM])
+                              fields[FROM], self._host_id)
         if not hmac.compare_digest(expected, fields[SIGNATURE]):
             raise refused("its signature does not match the fleet's key")
         try:
@@ -91,9 +93,9 @@ class Hops:
         return _decoded(fields[PRINCIPAL])
 
     def _sign(self, method: str, who: str, request: Message, expires: str,
-              host_id: str) -> str:
+              host_id: str, target: str) -> str:
         digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
-        signed = "\n".join((method, who, digest, expires, host_id)).encode()
+        signed = "\n".join((method, who, digest, expires, host_id, target)).encode()
         return hmac.new(self._secret, signed, hashlib.sha256).hexdigest()
 
 

@@ -145,6 +145,11 @@ def _cluster_problems(config: PolicyConfig) -> list[str]:
         problems.append(f"server.cluster.key_env: set {cluster.key_env} to the fleet's shared "
                         f"secret (at least {MIN_CLUSTER_KEY} characters, the same on every "
                         "host)")
+    if config.server.tls is not None:
+        problems.append("server.cluster with server.tls: daemons reach each other's "
+                        "advertise address over plaintext gRPC, which a TLS-only daemon "
+                        "refuses (not supported yet; use a mesh that encrypts pod-to-pod "
+                        "traffic instead of server.tls)")
     return problems
 
 

@@ -42,6 +42,9 @@ MAX_PENDING_WRITES = 10_000
 dropped: every record expires by itself, and the run goes on."""
 REGISTER_WAIT = 2.0
 """Seconds a new run's caller waits for its record at most (Redis's own command timeout)."""
+HOP_DEADLINE = 5.0
+"""Seconds a cancel, signal or list forwarded to another host may take: a hung peer must not
+hang the caller (nor, for ListRuns, every caller of every host)."""
 M = TypeVar("M", bound=Message)
 log = structlog.get_logger()
 
@@ -118,7 +121,7 @@ class FleetRuns:
         host, address = await self._owner(principal, request.run_id, runs)
         stub = exec_pb2_grpc.ExecServiceStub(self._channel(address))
         call = stub.AttachRun(request, metadata=self.hops.metadata(
-            "/execgate.v1.ExecService/AttachRun", principal, request))
+            "/execgate.v1.ExecService/AttachRun", principal, request, host))
         try:
             async for response in call:
                 yield response
@@ -144,18 +147,27 @@ class FleetRuns:
     async def listed(self, principal: Principal) -> list[exec_pb2.RunInfo]:
         """The runs ``principal`` may see on every other live host. A host that does not
         answer is left out (its runs are back once it answers, or LOST after its lease)."""
+        if principal.method == "unix":
+            return []  # a unix peer's uid is an identity of its own host only
         request = exec_pb2.ListRunsRequest()
-        found: list[exec_pb2.RunInfo] = []
-        for host_id, address in (await self._peers()).items():
+
+        async def ask(host_id: str, address: str) -> list[exec_pb2.RunInfo]:
             stub = exec_pb2_grpc.ExecServiceStub(self._channel(address))
             try:
                 response = await self._unary(stub.ListRuns, "ListRuns", principal, request,
                                              host_id)
             except Denial as denial:
                 log.warning("cluster.host_unanswered", host_id=host_id, detail=str(denial))
-                continue
-            found.extend(response.runs)
-        return found
+                return []
+            return list(response.runs)
+
+        try:
+            peers = await self._peers()
+        except Denial as denial:  # Redis cannot say: this host's own runs are still listed
+            log.warning("cluster.peers_unknown", detail=str(denial))
+            return []
+        answers = await asyncio.gather(*(ask(h, a) for h, a in peers.items()))
+        return [info for answer in answers for info in answer]
 
     # -- the daemon's lifecycle ------------------------------------------------------------
 
@@ -206,6 +218,8 @@ class FleetRuns:
         unknown = Denial(DenialKind.RUN_NOT_FOUND,
                          f"no run {run_id[:40]!r} (unknown, not yours, or past its "
                          "retention)", "runs.retention")
+        if principal.method == "unix":  # a uid is an identity of its own host only
+            raise unknown
         with self._cluster.reaching("finding a run held by another host"):
             record = await self._cluster.redis.hgetall(self._key(run_id[:200]))
             host = _text(record.get(b"host"))
@@ -244,8 +258,8 @@ class FleetRuns:
     async def _unary(self, method: Callable[..., Awaitable[M]], name: str,
                      principal: Principal, request: Message, host: str) -> M:
         try:
-            return await method(request, metadata=self.hops.metadata(
-                f"/execgate.v1.ExecService/{name}", principal, request))
+            return await method(request, timeout=HOP_DEADLINE, metadata=self.hops.metadata(
+                f"/execgate.v1.ExecService/{name}", principal, request, host))
         except grpc.aio.AioRpcError as error:
             raise _denial(error, host) from None
 

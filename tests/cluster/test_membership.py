@@ -55,6 +55,22 @@ def test_a_redis_url_of_another_scheme_is_refused(tmp_path: Path) -> None:
     assert "is not a Redis URL" in result.stderr + result.stdout
 
 
+def test_a_fleet_of_tls_only_daemons_is_refused_with_its_reason(tmp_path: Path) -> None:
+    """Hops are plaintext gRPC to the advertise address: a TLS-only peer would refuse every
+    forwarded call, so the combination is refused at start, not at the first attach."""
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "policy.yaml").write_text(cluster_policy(
+        "unix:///nowhere.sock", "host-1", policy=TEST_POLICY,
+        extra_server="  tls: {cert: /nowhere/cert.pem, key: /nowhere/key.pem}\n"))
+    result = subprocess.run(
+        [sys.executable, "-m", "execgate.daemon.cli", "check-config",
+         str(tmp_path / "policy.yaml")], cwd=tmp_path, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20,
+             "EXECGATE_CLUSTER_KEY": "s" * 20}, timeout=60)
+    assert result.returncode != 0
+    assert "server.cluster with server.tls" in result.stderr + result.stdout
+
+
 def test_a_reload_keeps_the_fleet_it_started_in_and_says_so() -> None:
     """The Redis connection and the host's name are made once, at start."""
     base = {"tools": {"shell": {"type": "command", "allowed_commands": ["true"]}},

@@ -95,6 +95,17 @@ def test_list_runs_on_one_host_shows_the_runs_of_the_others(hosts: list[Daemon])
     one.client().cancel(run.id)
 
 
+def test_with_redis_down_a_host_still_lists_its_own_runs(
+        hosts: list[Daemon], redis_server: RedisServer) -> None:
+    """Redis cannot say which hosts live: the others' runs are left out, this host's are
+    not."""
+    one = hosts[0]
+    run = one.client().start(LONG_RUN, agent="dev")
+    redis_server.kill()
+    assert run.id in {info.run_id for info in one.client().runs()}
+    one.client().cancel(run.id)
+
+
 def test_a_run_is_signalled_through_another_host(hosts: list[Daemon]) -> None:
     one, two, _ = hosts
     run = one.client().start(["sh", "-c", "trap 'echo got; exit 3' USR1; echo ready; "
@@ -151,11 +162,13 @@ def test_the_runs_of_a_killed_host_are_lost_after_its_lease(
         fleet.stop()
 
 
-def _attach_with(target: str, hops: Hops, run_id: str = "0" * 32) -> grpc.StatusCode:
+def _attach_with(target: str, hops: Hops, run_id: str = "0" * 32,
+                 signed_for: str = "host-1") -> grpc.StatusCode:
+    """AttachRun on ``target`` with a hop ``hops`` made for host ``signed_for``."""
     request = exec_pb2.AttachRunRequest(run_id=run_id)
     with grpc.insecure_channel(target) as channel:
         call = exec_pb2_grpc.ExecServiceStub(channel).AttachRun(
-            request, metadata=hops.metadata(ATTACH, TESTER, request), timeout=30)
+            request, metadata=hops.metadata(ATTACH, TESTER, request, signed_for), timeout=30)
         with pytest.raises(grpc.RpcError) as info:
             list(call)
     return info.value.code()  # type: ignore[no-any-return]
@@ -174,13 +187,22 @@ def test_an_expired_hop_is_refused(hosts: list[Daemon]) -> None:
 def test_a_hop_made_for_another_request_is_refused(hosts: list[Daemon]) -> None:
     """The assertion covers the request: one captured for a run does not serve another."""
     signed_for = exec_pb2.AttachRunRequest(run_id="a" * 32)
-    metadata = Hops(CLUSTER_KEY.encode(), "host-2").metadata(ATTACH, TESTER, signed_for)
+    metadata = Hops(CLUSTER_KEY.encode(), "host-2").metadata(ATTACH, TESTER, signed_for,
+                                                             "host-1")
     with grpc.insecure_channel(hosts[0].target) as channel:
         call = exec_pb2_grpc.ExecServiceStub(channel).AttachRun(
             exec_pb2.AttachRunRequest(run_id="b" * 32), metadata=metadata, timeout=30)
         with pytest.raises(grpc.RpcError) as info:
             list(call)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_hop_made_for_another_host_is_refused(hosts: list[Daemon]) -> None:
+    """The assertion names the host it is for: one captured on its way to host 3 cannot be
+    replayed to host 1."""
+    fleet = Hops(CLUSTER_KEY.encode(), "host-2")
+    assert (_attach_with(hosts[0].target, fleet, signed_for="host-3")
+            == grpc.StatusCode.UNAUTHENTICATED)
 
 
 def test_a_valid_hop_is_answered_from_the_hosts_own_runs(hosts: list[Daemon]) -> None:
