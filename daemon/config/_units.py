@@ -108,9 +108,10 @@ Size = Annotated[int, BeforeValidator(parse_size), _SIZE_SCHEMA]
 Processes = Annotated[int, Field(gt=0),
                       AfterValidator(_at_most(MAX_PROCESSES, "pids.max takes no more"))]
 """Processes and threads of a job."""
-OpenFiles = Annotated[int, Field(gt=0),
+OpenFiles = Annotated[int, Field(ge=16),
                       AfterValidator(_at_most(MAX_OPEN_FILES, "the kernel's fs.nr_open ceiling"))]
-"""RLIMIT_NOFILE."""
+"""RLIMIT_NOFILE; at least 16: the job's init, which holds the limit it gives its jobs,
+keeps a dozen open (its socket, the job's pipes, the jail)."""
 Uid = Annotated[int, Field(ge=0), AfterValidator(_at_most(MAX_UID, "the largest user id"))]
 """A user id."""
 Count = Annotated[int, Field(gt=0), AfterValidator(_at_most(MAX_COUNT, "2^31 - 1"))]

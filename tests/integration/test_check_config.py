@@ -31,6 +31,9 @@ REFUSED = [
     ("processes past pids.max and the wire",
      LOOPBACK + SHELL + "sandbox:\n  limits: {processes: 8589934592}\n",
      "sandbox.limits.processes"),
+    ("open_files below what a job's init holds",
+     LOOPBACK + SHELL + "sandbox:\n  limits: {open_files: 8}\n",
+     "sandbox.limits.open_files: Input should be greater than or equal to 16"),
     ("open_files past this host's fs.nr_open",
      LOOPBACK + SHELL + "sandbox:\n  limits: {open_files: 2147483584}\n", "fs.nr_open"),
     ("require_auth with no way to authenticate", "server:\n  listen: ['127.0.0.1:0']\n"
