@@ -124,17 +124,18 @@ def _serve(sock: socket.socket, flags: int, ready: _Ready) -> NoReturn:
         if spec is None:
             os._exit(0)
         report: Report
+        refused = False
         try:
             report = _run(spec, fds, flags, ready, sock)
         except JobRefused as exc:
             # Most likely the jail or a write path was replaced on the host since this init
             # bound them: a fresh init sees the new ones.
-            report = {"error": str(exc), "again": False}
+            report, refused = {"error": str(exc)}, True
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 _wire.send(sock, {"error": f"{type(exc).__name__}: {exc}"})
             os._exit(0)
-        report["again"] = (report.get("again", True) and ready.reusable and jobs < MAX_JOBS
+        report["again"] = (not refused and ready.reusable and jobs < MAX_JOBS
                            and time.monotonic() - born < MAX_SECONDS and _clean(ready)
                            and _inheritable() == state and _time_left())
         with contextlib.suppress(OSError):
@@ -168,6 +169,10 @@ def _prepare(flags: int, view_root: str, kind: Kind | None, cgroups: list[str],
     signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)  # only to wake the poll
     if kind is None:  # a probe of namespaces alone
         return _Ready(None, "/", (), frozenset(), False, wake)
+    if not flags & _linux.CLONE_NEWPID:
+        # No pid namespace to end with a job: whatever a command leaves behind (setsid,
+        # double forks) is re-parented to this init instead of the host's, and ended.
+        _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
     procs = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroups]  # host paths
     scratch: tuple[str, ...] = ()
     if kind["view"] is not None:
@@ -225,11 +230,15 @@ def _open_cwd(spec: JobSpec, ready: _Ready) -> int:
     """
     cwd = -1
     if ready.jail is not None:
-        with contextlib.suppress(OSError):
+        try:
             cwd = _linux.openat2(ready.jail, os.path.relpath(spec["cwd"], ready.jail_path),
                                  _linux.O_PATH | os.O_DIRECTORY,
                                  _linux.RESOLVE_BENEATH | _linux.RESOLVE_NO_SYMLINKS
                                  | _linux.RESOLVE_NO_MAGICLINKS)
+        except PermissionError:  # this init already runs as the command's user
+            raise JobRefused("the command's user cannot reach its working directory") from None
+        except OSError:
+            pass
     if cwd >= 0:
         st = os.fstat(cwd)
         if [st.st_dev, st.st_ino] == list(spec["cwd_identity"]):
@@ -262,11 +271,6 @@ def _run(spec: JobSpec, fds: list[int], flags: int, ready: _Ready,
                              f"{exc.strerror}") from None
         finally:
             os.close(cwd)
-        if not flags & _linux.CLONE_NEWPID:
-            # No pid namespace to end with the job: whatever the command leaves behind
-            # (setsid, double forks) is re-parented to this init instead of the host's, and
-            # ended below.
-            _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
         try:
             pid = os.posix_spawn(
                 spec["executable"], spec["argv"], spec["env"],

@@ -5,6 +5,7 @@ the next job, and from the host's process table."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -136,3 +137,17 @@ def test_a_workspace_replaced_on_the_host_is_used_from_the_next_calls_on(
     assert all(outcomes[3:]), outcomes  # refused at most by the inits that bound the old one
     assert (daemon.workspace / "made-here").exists()
     assert not (old / "made-here").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a directory the commands' user cannot "
+                    "traverse, which only root can make for another user")
+def test_a_working_directory_its_user_cannot_reach_is_refused_as_such(daemon: Daemon) -> None:
+    """The init resolves the working directory as the command's user: a directory below one
+    it may not traverse is refused for that reason, not reported as swapped."""
+    private = daemon.workspace / "private"
+    (private / "sub").mkdir(parents=True)
+    private.chmod(0o700)
+    with daemon.client() as c:
+        result = c.run(["ls"], agent="dev", tool="shell", cwd="private/sub")
+    assert result.exit.reason is ExitReason.SANDBOX_ERROR
+    assert "cannot reach its working directory" in result.exit.message
