@@ -112,7 +112,11 @@ class RunEntry:
 
 
 class RunRegistry(Protocol):
-    """Told when a run ends and when it is forgotten: a fleet's shared registry of runs."""
+    """A fleet's shared registry of runs: names new runs, and is told when one ends and when
+    it is forgotten."""
+
+    def new_id(self) -> str:
+        """An id for a new run."""
 
     def ended(self, entry: RunEntry) -> None:
         """``entry`` has its exit."""
@@ -200,7 +204,7 @@ class Calls:
         except Denial as denial:
             self._audit.denied(principal, admitted.call, denial)
             raise
-        run_id = uuid.uuid4().hex
+        run_id = self._registry.new_id() if self._registry else uuid.uuid4().hex
         spawning = time.monotonic()  # the spawn latency the audit (and metrics) record
         try:
             run = self._spawn(plan, admitted.layers, run_id, principal)

@@ -1,12 +1,16 @@
 """Runs across a fleet: which host holds a run, and calls proxied to that host.
 
-Each run is registered in Redis as ``NS:run:RUN_ID`` -> {host, subject, method, state}, set
-before its id reaches the caller, marked exited when it ends, deleted when it is forgotten;
-its TTL is its longest possible life plus its retention, so a record whose host died goes
-too. ``AttachRun``, ``CancelRun`` and ``SignalRun`` for a run another host holds are
-proxied to that host over the daemons' own gRPC, as the caller (``execgate.daemon.hops``);
-``ListRuns`` asks every live host. Proxying, not redirecting: callers behind one balanced
-address (a Service, a load balancer) cannot pick the host they reach.
+A run's id names its host (``HEX@HOST_ID``), so any host knows where a run is from its id
+alone. Each run is also recorded in Redis as ``NS:run:RUN_ID`` -> JSON {host, subject,
+method, state}, written before its id reaches the caller, marked exited when it ends,
+deleted when it is forgotten: once its host is gone, the record says whose the run was
+(only they learn it was LOST). Its TTL is its longest possible life
+plus its retention, so a record whose host died goes too.
+
+``AttachRun``, ``CancelRun`` and ``SignalRun`` for a run another host holds are proxied to
+that host over the daemons' own gRPC, as the caller (``execgate.daemon.hops``); ``ListRuns``
+asks every live host. Proxying, not redirecting: callers behind one balanced address (a
+Service, a load balancer) cannot pick the host they reach.
 
 A host whose lease (``server.cluster.lease``) expired is gone: its runs are LOST, answered
 as NOT_FOUND naming the host and the lease (rule ``server.cluster.lease``), never retried.
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -24,7 +30,6 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
 
 from execgate.daemon.access import rule_matches
 from execgate.daemon.calls import RunEntry
@@ -38,14 +43,19 @@ LEASE_RULE = "server.cluster.lease"
 SETTLING = 5.0
 """Seconds past a run's deadline its record is kept for: the kill grace and reaping."""
 MAX_PENDING_WRITES = 10_000
-"""Registry writes waiting for Redis; past it (Redis hung, calls on local limits) they are
-dropped: every record expires by itself, and the run goes on."""
+"""Registry writes waiting for Redis; past it (Redis hung) they are dropped: every record
+expires by itself, and the run goes on."""
 REGISTER_WAIT = 2.0
 """Seconds a new run's caller waits for its record at most (Redis's own command timeout)."""
+LINGER = 0.1
+"""Seconds an end or a forgetting waits for a registration to share its round trip: other
+hosts may see a run as running that much longer (its exit is its host's to tell)."""
 HOP_DEADLINE = 5.0
 """Seconds a cancel, signal or list forwarded to another host may take: a hung peer must not
 hang the caller (nor, for ListRuns, every caller of every host)."""
 M = TypeVar("M", bound=Message)
+_Write = tuple[str, str | None, float, bool]
+"""A registry write: key, record (None deletes it), seconds it lives, only if it exists."""
 log = structlog.get_logger()
 
 
@@ -57,9 +67,8 @@ class FleetRuns:
         self.hops = hops
         """The fleet's assertions: made for calls to other hosts, verified on this one."""
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._writes: asyncio.Queue[tuple[Callable[[], Awaitable[object]],
-                                          asyncio.Future[None] | None]] = asyncio.Queue(
-            MAX_PENDING_WRITES)
+        self._writes: asyncio.Queue[tuple[_Write, asyncio.Future[None] | None]] = (
+            asyncio.Queue(MAX_PENDING_WRITES))
         self._writer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -71,47 +80,31 @@ class FleetRuns:
 
     # -- the registry: this host's runs --------------------------------------------------
 
-    async def registered(self, entry: RunEntry) -> None:
-        """Record a run just started (before its id reaches the caller). Redis down: the
-        run goes on, reachable on this host only."""
-        life = entry.plan.limits.timeout + SETTLING + entry.runs.retention
-        fields: dict[FieldT, EncodableT] = {
-            "host": self._cluster.host_id, "subject": entry.principal.subject,
-            "method": entry.principal.method, "state": "running"}
-        key = self._key(entry.id)
+    def new_id(self) -> str:
+        """A new run's id, naming this host: any host finds the run's host in its id."""
+        return f"{uuid.uuid4().hex}@{self._cluster.host_id}"
 
-        async def write() -> None:
-            async with self._cluster.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=fields)
-                pipe.pexpire(key, int(life * 1000))
-                await pipe.execute()
+    async def registered(self, entry: RunEntry) -> None:
+        """Record a run just started (before its id reaches the caller: once its host is
+        gone, the record says whose it was). Redis down or hung: the run goes on."""
+        life = entry.plan.limits.timeout + SETTLING + entry.runs.retention
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue(write, done)
+        self._queue((self._key(entry.id), self._record(entry, "running"), life, False), done)
         try:  # behind writes a hung Redis holds up, the run is not held up with them
             await asyncio.wait_for(asyncio.shield(done), REGISTER_WAIT)
         except TimeoutError:
             log.warning("cluster.run_unregistered", run_id=entry.id,
-                        detail="Redis did not answer in time: the run is reachable on "
-                        "this host only")
+                        detail="Redis did not answer in time: should this host die, its "
+                        "run will be unknown rather than LOST")
 
     def ended(self, entry: RunEntry) -> None:
-        """A run ended: its record lives on for its retention."""
-        key, keep = self._key(entry.id), int((entry.runs.retention + SETTLING) * 1000)
-
-        async def write() -> None:
-            async with self._cluster.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, "state", "exited")
-                pipe.pexpire(key, keep, xx=True)
-                await pipe.execute()
-        self._queue(write)
+        """A run ended: its record lives on for its retention (if it is still there)."""
+        self._queue((self._key(entry.id), self._record(entry, "exited"),
+                     entry.runs.retention + SETTLING, True))
 
     def forgotten(self, run_id: str) -> None:
         """A run's retention passed: its record goes."""
-        key = self._key(run_id)
-
-        async def write() -> None:
-            await self._cluster.redis.delete(key)
-        self._queue(write)
+        self._queue((self._key(run_id), None, 0.0, False))
 
     # -- other hosts' runs -----------------------------------------------------------------
 
@@ -190,8 +183,11 @@ class FleetRuns:
     def _key(self, run_id: str) -> str:
         return self._cluster.key("run", run_id)
 
-    def _queue(self, write: Callable[[], Awaitable[object]],
-               done: asyncio.Future[None] | None = None) -> None:
+    def _record(self, entry: RunEntry, state: str) -> str:
+        return json.dumps({"host": self._cluster.host_id, "subject": entry.principal.subject,
+                           "method": entry.principal.method, "state": state})
+
+    def _queue(self, write: _Write, done: asyncio.Future[None] | None = None) -> None:
         try:
             self._writes.put_nowait((write, done))
         except asyncio.QueueFull:
@@ -200,42 +196,64 @@ class FleetRuns:
                 done.set_result(None)
 
     async def _write(self) -> None:
-        """One writer, so a run's start, end and forgetting land in Redis in that order."""
+        """One writer, so a run's start, end and forgetting land in Redis in that order. The
+        writes waiting when it wakes go in one pipeline: one round trip for all of them, in
+        order on one connection, each one command atomic with its TTL. An end or a
+        forgetting, which nobody waits for, lingers (``LINGER``) for a registration to go
+        with: a host of short runs makes one round trip a run, not two."""
         while True:
-            write, done = await self._writes.get()
+            batch = await self._batch()
             try:
-                await write()
+                async with self._cluster.redis.pipeline(transaction=False) as pipe:
+                    for (key, record, seconds, existing), _ in batch:
+                        if record is None:
+                            pipe.delete(key)
+                        else:
+                            pipe.set(key, record, px=int(seconds * 1000), xx=existing)
+                    await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("cluster.run_registry_unwritten", cause=cause_of(exc))
-            if done is not None and not done.done():
-                done.set_result(None)
+            for _, done in batch:
+                if done is not None and not done.done():
+                    done.set_result(None)
+
+    async def _batch(self) -> list[tuple[_Write, asyncio.Future[None] | None]]:
+        """The writes to send now: every one waiting, once one is awaited or ``LINGER`` has
+        passed since the first."""
+        batch = [await self._writes.get()]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER):
+                while batch[-1][1] is None:  # Queue.get gives up cleanly when cancelled
+                    batch.append(await self._writes.get())
+        while not self._writes.empty():
+            batch.append(self._writes.get_nowait())
+        return batch
 
     async def _owner(self, principal: Principal, run_id: str,
                      runs: RunsConfig) -> tuple[str, str]:
-        """The id and address of the live host holding ``run_id``; raises Denial: NOT_FOUND for a
-        run nobody holds (or the caller may not see), NOT_FOUND naming the host for a LOST
-        one, UNAVAILABLE when Redis cannot say."""
+        """The id and address of the live host holding ``run_id`` (its id names it);
+        raises Denial: NOT_FOUND for a run no other host holds (or the caller may not see),
+        NOT_FOUND naming the host for a LOST one, UNAVAILABLE when Redis cannot say."""
         unknown = Denial(DenialKind.RUN_NOT_FOUND,
                          f"no run {run_id[:40]!r} (unknown, not yours, or past its "
                          "retention)", "runs.retention")
-        if principal.method == "unix":  # a uid is an identity of its own host only
+        host = run_id.rpartition("@")[2] if "@" in run_id else ""
+        if (principal.method == "unix"  # a uid is an identity of its own host only
+                or not host or host == self._cluster.host_id or len(run_id) > 300):
             raise unknown
         with self._cluster.reaching("finding a run held by another host"):
-            record = await self._cluster.redis.hgetall(self._key(run_id[:200]))
-            host = _text(record.get(b"host"))
-            address = (await self._cluster.redis.get(self._cluster.key("host", host))
-                       if host else None)
-        owner = Principal(subject=_text(record.get(b"subject")),
-                          method=_text(record.get(b"method")))
-        if (not host or host == self._cluster.host_id
-                or not _may_see(principal, owner, runs)):
+            address, stored = await self._cluster.redis.mget(
+                self._cluster.key("host", host), self._key(run_id))
+        if address is not None:
+            return host, _text(address)  # the owner decides who may see its run
+        record = _decoded(stored)
+        owner = Principal(subject=record.get("subject", ""), method=record.get("method", ""))
+        if record.get("host") != host or not _may_see(principal, owner, runs):
             raise unknown
-        if address is None:
-            raise Denial(DenialKind.RUN_NOT_FOUND,
-                         f"run {run_id!r} is LOST: its host {host!r} has not been heard from "
-                         f"for its lease ({self._cluster.config.lease:g}s); its output and "
-                         "exit are gone with it", LEASE_RULE)
-        return host, _text(address)
+        raise Denial(DenialKind.RUN_NOT_FOUND,
+                     f"run {run_id!r} is LOST: its host {host!r} has not been heard from "
+                     f"for its lease ({self._cluster.config.lease:g}s); its output and "
+                     "exit are gone with it", LEASE_RULE)
 
     async def _peers(self) -> dict[str, str]:
         """Live hosts other than this one: host id -> address."""
@@ -284,6 +302,17 @@ def _denial(error: grpc.aio.AioRpcError, host: str) -> Denial:
     return Denial(DenialKind.UNAVAILABLE,
                   f"host {host!r}, which holds this run, did not answer; retry (its runs "
                   "are LOST if it stays away past its lease)", LEASE_RULE)
+
+
+def _decoded(stored: bytes | str | None) -> dict[str, str]:
+    """A run's record; one that is missing, or not one a host wrote, is no record."""
+    try:
+        record = json.loads(stored) if stored is not None else {}
+    except ValueError:
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {k: v for k, v in record.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _text(value: bytes | str | None) -> str:

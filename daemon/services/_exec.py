@@ -214,7 +214,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             await self._ask(context, control, reader, admitted)
         entry = self._calls.start(admitted, detach=first.start.detach)
         try:
-            if self._fleet is not None:  # findable on every host before its id is told
+            if self._fleet is not None:  # its record exists before its id is told
                 await self._fleet.registered(entry)
             await control.attach(entry.run)
             await context.write(exec_pb2.ExecuteResponse(

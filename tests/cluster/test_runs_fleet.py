@@ -4,6 +4,7 @@ once its lease expires; a forwarded call's assertion is checked by the host that
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -86,6 +87,19 @@ def test_a_run_is_attached_on_another_host_from_offset_0_and_cancelled_from_a_th
     assert [e.reason for e in ends] == [ExitReason.CANCELLED]
 
 
+def test_a_run_whose_record_is_gone_is_still_reached_through_its_id(
+        hosts: list[Daemon], redis_server: RedisServer) -> None:
+    """The id names the host: a record Redis lost (evicted, flushed) does not lose the run."""
+    one, two, _ = hosts
+    run = one.client().start(LONG_RUN, agent="dev")
+    with redis.Redis(unix_socket_path=str(redis_server.socket)) as r:
+        assert r.delete(f"execgate:run:{run.id}") == 1
+    events = two.client().attach(run.id)
+    assert _stdout_until(events, len(NUMBERS)) == NUMBERS
+    two.client().cancel(run.id)
+    assert [e.reason for e in events if isinstance(e, Exited)] == [ExitReason.CANCELLED]
+
+
 def test_list_runs_on_one_host_shows_the_runs_of_the_others(hosts: list[Daemon]) -> None:
     one, two, _ = hosts
     run = one.client().start(LONG_RUN, agent="dev")
@@ -117,15 +131,19 @@ def test_a_run_is_signalled_through_another_host(hosts: list[Daemon]) -> None:
     assert [e.exit_code for e in ends] == [3]
 
 
-def test_a_run_record_names_its_host_and_expires(
+def test_a_run_id_names_its_host_and_its_record_expires(
         hosts: list[Daemon], redis_server: RedisServer) -> None:
-    """Registered before its id is told, with a TTL; marked exited when it ends (a host
-    writes its records in order: once a later run is registered, the first's end is)."""
+    """The id ends in ``@HOST_ID``; the record, written shortly after the run starts, names
+    its host, is marked exited when the run ends, and has a TTL."""
     first = hosts[0].client().run(["true"], agent="dev")
-    hosts[0].client().run(["true"], agent="dev")
+    assert first.run_id.endswith("@host-1")
+    key = f"execgate:run:{first.run_id}"
     with redis.Redis(unix_socket_path=str(redis_server.socket)) as r:
-        key = f"execgate:run:{first.run_id}"
-        assert r.hmget(key, "host", "state") == [b"host-1", b"exited"]
+        deadline, record = time.monotonic() + 10, {}
+        while record.get("state") != "exited" and time.monotonic() < deadline:
+            time.sleep(0.02)  # the registry writes in batches, a tenth of a second apart
+            record = json.loads(r.get(key) or "{}")
+        assert (record["host"], record["state"]) == ("host-1", "exited")
         assert r.pttl(key) > 0
 
 
