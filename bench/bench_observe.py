@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from execgate.daemon.audit import AuditRecord, CallContext
-from execgate.daemon.tracing import TRACED_RPC, Tracing
+from execgate.daemon.tracing import Tracing
 from tests.conftest import TEST_POLICY, Daemon, start_daemon
 
 ROUNDS, BLOCKS, CALLS = 3, 15, 20
@@ -100,7 +100,8 @@ def tracing_cpu(calls: int = 400) -> tuple[float, float]:
               "success": True}
     start = time.thread_time()
     for i in range(calls):
-        call = CallContext(TRACED_RPC, "ipv4:127.0.0.1:1", traceparent=parent)
+        call = CallContext("/execgate.v1.ExecService/Run", "ipv4:127.0.0.1:1",
+                           traceparent=parent)
         tracing.observe(AuditRecord("auth.succeeded", "info", {"auth": "api_key"}, call))
         tracing.observe(AuditRecord("run.started", "info", {**run, "run_id": str(i)}, call))
         tracing.observe(AuditRecord("run.exited", "info", {**exited, "run_id": str(i)}, call))

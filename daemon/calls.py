@@ -154,9 +154,10 @@ class Calls:
 
     # -- the pipeline ------------------------------------------------------------------
 
-    async def admit(self, principal: Principal, snapshot: Snapshot,
-                    call: ToolCall) -> Admitted:
-        """Limits, access, policy and the sandbox's own check; raises Denial (audited)."""
+    async def admit(self, principal: Principal, snapshot: Snapshot, call: ToolCall,
+                    may_ask: bool = True) -> Admitted:
+        """Limits, access, policy and the sandbox's own check; raises Denial (audited).
+        ``may_ask``: whether the call can wait for a person's approval (a Run call cannot)."""
         try:
             self._check_serving()
             await snapshot.limiter.take(principal)
@@ -165,6 +166,11 @@ class Calls:
             # Before asking a human: a call the sandbox would refuse is refused now.
             layers = self._spawner.layers(plan) if isinstance(plan, CommandPlan) else None
             prompt = snapshot.policy.approval_prompt(plan)
+            if prompt is not None and not may_ask:
+                raise Denial(DenialKind.APPROVAL_DENIED,
+                             f"tool {plan.tool!r} needs a person's approval, which a Run call "
+                             "cannot wait for; nothing ran (use Execute: the client does "
+                             "when given on_approval)", snapshot.policy.approval_rule(plan))
         except Denial as denial:
             self._audit.denied(principal, call, denial)
             raise

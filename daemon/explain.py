@@ -115,9 +115,8 @@ def explain(config: PolicyConfig, policy: Policy, principal: Principal, call: To
         return Explanation("deny", denial.rule, denial.message, principal, denial.kind.value)
     tool = config.tools[plan.tool]
     if prompt is not None:
-        rule = f"tools.{plan.tool}.require_approval{'' if tool.require_approval else '_for'}"
-        return Explanation("ask", rule, "a person must approve the call", principal,
-                           plan=plan, layers=layers, prompt=prompt)
+        return Explanation("ask", policy.approval_rule(plan), "a person must approve the call",
+                           principal, plan=plan, layers=layers, prompt=prompt)
     # What admitted it: a command tool's allowlist (or its open default); a function
     # tool is admitted by the agent's list alone.
     if isinstance(plan, CommandPlan) and tool.type == "command":

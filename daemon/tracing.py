@@ -2,7 +2,7 @@
 OTLP/gRPC with the SDK's batch processor (the ``otel`` extra; import this module only when
 tracing is on).
 
-One span per tool call (an Execute, kind SERVER), continuing the caller's W3C trace context
+One span per tool call (an Execute or a Run, kind SERVER), continuing the caller's W3C trace context
 (its ``traceparent`` and ``tracestate`` metadata), with a child for each step it went
 through: ``authenticate``, ``policy`` (decision and rule), ``approval`` (the wait for a
 person), ``spawn`` and ``run`` (how it ended, bytes). A call's spans are built when the
@@ -47,7 +47,7 @@ except ImportError as missing:  # the daemon runs without the extra: it says so 
 from execgate.daemon.audit import AuditRecord, CallContext
 
 Attributes = dict[str, str | int | float | bool]
-TRACED_RPC = "/execgate.v1.ExecService/Execute"
+TRACED_RPCS = frozenset({"/execgate.v1.ExecService/Execute", "/execgate.v1.ExecService/Run"})
 MAX_OPEN_CALLS = 10_000
 """Calls followed at once; past it the oldest is dropped unexported. A call that ends
 without a record saying so (a caller gone before its first message) must not pile up."""
@@ -130,7 +130,7 @@ class Tracing:
             elif record.event == "run.exited":
                 self._run_exited(fields, now)
             elif (record.event in _CALL_STEPS and record.call is not None
-                  and record.call.rpc == TRACED_RPC):
+                  and record.call.rpc in TRACED_RPCS):
                 self._during(record, self._call(record.call, now), now)
 
     def close(self) -> None:

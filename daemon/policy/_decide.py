@@ -55,6 +55,11 @@ class Policy:
         None (allow)."""
         return approval_prompt(self._config.tools[plan.tool], plan)
 
+    def approval_rule(self, plan: Plan) -> str:
+        """The key that asks for approval of ``plan`` (when ``approval_prompt`` is not None)."""
+        ask_all = self._config.tools[plan.tool].require_approval
+        return f"tools.{plan.tool}.require_approval{'' if ask_all else '_for'}"
+
     def plan(self, agent_name: str, agent: AgentConfig, call: ToolCall) -> Plan:
         """The Plan for ``call`` by an agent the caller may use; raises Denial."""
         tool_name = call.tool or self._only_tool(agent_name, agent, call)

@@ -1,6 +1,7 @@
 """ExecService: gRPC messages in and out of the call pipeline (``execgate.daemon.calls``).
 
-Execute admits, approves and starts a call through the pipeline and streams its run;
+Execute admits, approves and starts a call through the pipeline and streams its run; Run
+does the same for a call given whole in one request (no approval, stdin up front);
 AttachRun streams a run again from offsets; ListRuns, CancelRun and SignalRun act on the
 registry. Nothing here decides anything: the pipeline does, and every refusal comes back as
 a Denial through the one status table.
@@ -66,6 +67,17 @@ async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
             raise Denial(DenialKind.INVALID_ARGUMENT,
                          f"not a valid ExecuteRequest: {exc}") from None
         yield request
+
+
+async def _run_requests(request: exec_pb2.RunRequest,
+                        ) -> AsyncIterator[exec_pb2.ExecuteRequest]:
+    """A Run call as the messages of an Execute stream half-closed after its stdin."""
+    start = exec_pb2.StartCall()
+    start.CopyFrom(request.start)
+    start.stdin = bool(request.stdin)
+    yield exec_pb2.ExecuteRequest(start=start)
+    if request.stdin:
+        yield exec_pb2.ExecuteRequest(stdin=request.stdin)
 
 
 class _Control:
@@ -155,7 +167,12 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        await _answered(context, self._execute(request_iterator, context))
+        await _answered(context, self._execute(_decoded(request_iterator), context))
+
+    async def Run(  # type: ignore[override]
+        self, request: exec_pb2.RunRequest, context: grpc.aio.ServicerContext,
+    ) -> None:
+        await _answered(context, self._execute(_run_requests(request), context, may_ask=False))
 
     async def AttachRun(  # type: ignore[override]
         self, request: exec_pb2.AttachRunRequest, context: grpc.aio.ServicerContext,
@@ -196,17 +213,16 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             return exec_pb2.SignalRunResponse()
         return await _answered(context, signalled())
 
-    async def _execute(self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
-                       context: grpc.aio.ServicerContext) -> None:
+    async def _execute(self, requests: AsyncIterator[exec_pb2.ExecuteRequest],
+                       context: grpc.aio.ServicerContext, may_ask: bool = True) -> None:
         principal = current_principal.get()
         snapshot = self._current.get()  # this call's policy, from its first step to its end
-        requests = _decoded(request_iterator)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("request") != "start":
             raise Denial(DenialKind.INVALID_ARGUMENT,
                          "the first message of Execute must be start")
         call = _convert.tool_call(first.start)
-        admitted = await self._calls.admit(principal, snapshot, call)
+        admitted = await self._calls.admit(principal, snapshot, call, may_ask)
         control = _Control(call, principal, self._approvals)
         reader = asyncio.create_task(control.read(requests))
         reader.add_done_callback(_settled)

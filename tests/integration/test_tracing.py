@@ -72,8 +72,16 @@ def _run(argv: list[str]) -> Callable[[Daemon], object]:
     return run
 
 
-def _call_span(spans: list[Span]) -> Span:
-    [call] = [s for s in spans if s.name == "execgate.v1.ExecService/Execute"]
+def _stream(argv: list[str]) -> Callable[[Daemon], object]:
+    def stream(daemon: Daemon) -> object:
+        with daemon.client() as c:
+            return list(c.stream(argv, agent="dev"))
+    return stream
+
+
+def _call_span(spans: list[Span], method: str = "Run") -> Span:
+    """The call's span: ``client.run`` is a Run call, ``client.stream`` an Execute."""
+    [call] = [s for s in spans if s.name == f"execgate.v1.ExecService/{method}"]
     return call
 
 
@@ -84,6 +92,13 @@ def test_the_call_span_continues_the_callers_trace(daemon: Daemon,
     call = _call_span(spans)
     assert call.parent_span_id == caller_span.to_bytes(8, "big")
     assert call.kind == Span.SPAN_KIND_SERVER
+
+
+def test_an_execute_stream_is_a_call_span_with_every_step(daemon: Daemon,
+                                                          collector: Collector) -> None:
+    _, _, spans = _traced(daemon, collector, STEPS, _stream(["true"]))
+    call = _call_span(spans, "Execute")
+    assert sorted(s.name for s in spans if s.parent_span_id == call.span_id) == sorted(STEPS)
 
 
 def test_each_step_is_a_child_of_the_call_span(daemon: Daemon, collector: Collector) -> None:
@@ -146,7 +161,7 @@ def test_an_approved_call_has_an_approval_wait_span(daemon: Daemon,
     by_name = {s.name: s for s in spans}
     assert _attributes(by_name["policy"])["execgate.decision"] == "ask"
     assert _attributes(by_name["approval"])["execgate.approval.outcome"] == "approved"
-    assert by_name["approval"].parent_span_id == _call_span(spans).span_id
+    assert by_name["approval"].parent_span_id == _call_span(spans, "Execute").span_id
     assert by_name["policy"].end_time_unix_nano <= by_name["approval"].start_time_unix_nano
     assert by_name["approval"].end_time_unix_nano <= by_name["spawn"].start_time_unix_nano
 

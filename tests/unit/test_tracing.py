@@ -13,7 +13,7 @@ from opentelemetry.trace import StatusCode
 
 from execgate.daemon import tracing as tracing_module
 from execgate.daemon.audit import AuditRecord, CallContext
-from execgate.daemon.tracing import TRACED_RPC, Tracing
+from execgate.daemon.tracing import Tracing
 
 EXITED = {"agent": "dev", "tool": "shell", "reason": "EXITED", "exit_code": 0, "signal": None,
           "stdout_bytes": 0, "stderr_bytes": 0, "dropped_bytes": 0, "success": True}
@@ -43,7 +43,7 @@ def observed() -> Iterator[Observed]:
 
 
 def _execute() -> CallContext:
-    return CallContext(TRACED_RPC, "ipv4:127.0.0.1:1")
+    return CallContext("/execgate.v1.ExecService/Execute", "ipv4:127.0.0.1:1")
 
 
 def _approved_call(o: Observed, call: CallContext) -> None:

@@ -304,6 +304,34 @@ class StartCall(_message.Message):
 Global___StartCall: _TypeAlias = StartCall  # noqa: Y015
 
 @_typing.final
+class RunRequest(_message.Message):
+    """RunRequest is the whole of a Run call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    stdin: _builtins.bytes
+    """The command's whole stdin; empty: its stdin is /dev/null."""
+    @_builtins.property
+    def start(self) -> Global___StartCall:
+        """As Execute's first message; its `stdin` flag is ignored (the request's stdin is)."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___StartCall | None = ...,
+        stdin: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "stdin", b"stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
+
+@_typing.final
 class CloseStdin(_message.Message):
     """CloseStdin closes the command's stdin (end of file)."""
 

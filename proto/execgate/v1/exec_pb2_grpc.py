@@ -41,6 +41,11 @@ class ExecServiceStub:
                 request_serializer=execgate_dot_v1_dot_exec__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=execgate_dot_v1_dot_exec__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.Run = channel.unary_stream(
+                '/execgate.v1.ExecService/Run',
+                request_serializer=execgate_dot_v1_dot_exec__pb2.RunRequest.SerializeToString,
+                response_deserializer=execgate_dot_v1_dot_exec__pb2.ExecuteResponse.FromString,
+                _registered_method=True)
         self.AttachRun = channel.unary_stream(
                 '/execgate.v1.ExecService/AttachRun',
                 request_serializer=execgate_dot_v1_dot_exec__pb2.AttachRunRequest.SerializeToString,
@@ -75,6 +80,18 @@ class ExecServiceServicer:
         A call the policy refuses ends with a gRPC error before `accepted`; its
         trailing metadata names the refusal (`execgate-error`) and the rule
         (`execgate-rule`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Run(self, request, context):
+        """Run is Execute for a call that needs nothing from its caller once it starts: its
+        stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
+        the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
+        require_approval). Its events are Execute's: `accepted`, `output` chunks, one `exit`.
+        Leaving the stream stops the run. One request and a stream back is gRPC's shortest
+        path: the client library uses it for run() without an approval callback.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +134,11 @@ def add_ExecServiceServicer_to_server(servicer, server):
             'Execute': grpc.stream_stream_rpc_method_handler(
                     servicer.Execute,
                     request_deserializer=execgate_dot_v1_dot_exec__pb2.ExecuteRequest.FromString,
+                    response_serializer=execgate_dot_v1_dot_exec__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'Run': grpc.unary_stream_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=execgate_dot_v1_dot_exec__pb2.RunRequest.FromString,
                     response_serializer=execgate_dot_v1_dot_exec__pb2.ExecuteResponse.SerializeToString,
             ),
             'AttachRun': grpc.unary_stream_rpc_method_handler(
@@ -168,6 +190,33 @@ class ExecService:
             target,
             '/execgate.v1.ExecService/Execute',
             execgate_dot_v1_dot_exec__pb2.ExecuteRequest.SerializeToString,
+            execgate_dot_v1_dot_exec__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Run(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/execgate.v1.ExecService/Run',
+            execgate_dot_v1_dot_exec__pb2.RunRequest.SerializeToString,
             execgate_dot_v1_dot_exec__pb2.ExecuteResponse.FromString,
             options,
             channel_credentials,

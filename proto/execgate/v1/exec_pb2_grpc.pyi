@@ -43,6 +43,14 @@ class ExecServiceStub:
     trailing metadata names the refusal (`execgate-error`) and the rule
     (`execgate-rule`).
     """
+    Run: _grpc.UnaryStreamMultiCallable[_exec_pb2.RunRequest, _exec_pb2.ExecuteResponse]
+    """Run is Execute for a call that needs nothing from its caller once it starts: its
+    stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
+    the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
+    require_approval). Its events are Execute's: `accepted`, `output` chunks, one `exit`.
+    Leaving the stream stops the run. One request and a stream back is gRPC's shortest
+    path: the client library uses it for run() without an approval callback.
+    """
     AttachRun: _grpc.UnaryStreamMultiCallable[_exec_pb2.AttachRunRequest, _exec_pb2.AttachRunResponse]
     """AttachRun streams one of the caller's runs from the given offsets: what its replay
     buffer still holds, then live output, then its exit. A run that ended stays
@@ -70,6 +78,14 @@ class ExecServiceAsyncStub(ExecServiceStub):
     A call the policy refuses ends with a gRPC error before `accepted`; its
     trailing metadata names the refusal (`execgate-error`) and the rule
     (`execgate-rule`).
+    """
+    Run: _aio.UnaryStreamMultiCallable[_exec_pb2.RunRequest, _exec_pb2.ExecuteResponse]  # type: ignore[assignment]
+    """Run is Execute for a call that needs nothing from its caller once it starts: its
+    stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
+    the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
+    require_approval). Its events are Execute's: `accepted`, `output` chunks, one `exit`.
+    Leaving the stream stops the run. One request and a stream back is gRPC's shortest
+    path: the client library uses it for run() without an approval callback.
     """
     AttachRun: _aio.UnaryStreamMultiCallable[_exec_pb2.AttachRunRequest, _exec_pb2.AttachRunResponse]  # type: ignore[assignment]
     """AttachRun streams one of the caller's runs from the given offsets: what its replay
@@ -101,6 +117,20 @@ class ExecServiceServicer(metaclass=_abc_1.ABCMeta):
         A call the policy refuses ends with a gRPC error before `accepted`; its
         trailing metadata names the refusal (`execgate-error`) and the rule
         (`execgate-rule`).
+        """
+
+    @_abc_1.abstractmethod
+    def Run(
+        self,
+        request: _exec_pb2.RunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_exec_pb2.ExecuteResponse], _abc.AsyncIterator[_exec_pb2.ExecuteResponse]]:
+        """Run is Execute for a call that needs nothing from its caller once it starts: its
+        stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
+        the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
+        require_approval). Its events are Execute's: `accepted`, `output` chunks, one `exit`.
+        Leaving the stream stops the run. One request and a stream back is gRPC's shortest
+        path: the client library uses it for run() without an approval callback.
         """
 
     @_abc_1.abstractmethod

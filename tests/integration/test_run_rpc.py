@@ -1,0 +1,101 @@
+"""ExecService.Run against a real daemon: a call given whole in one request, its events
+streamed back as Execute's; a call that needs a person's approval is refused, since nobody
+can be asked; leaving the stream stops the run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from execgate.client import ApprovalDeniedError, Client, Started
+from execgate.v1 import exec_pb2, exec_pb2_grpc
+from tests.conftest import API_KEY, Daemon, start_daemon
+from tests.integration.test_approvals import POLICY as APPROVAL_POLICY
+from tests.integration.test_exec import _running, _sleeper, _survivors, _when_sleeping
+
+METADATA = (("authorization", f"Bearer {API_KEY}"),)
+
+
+@pytest.fixture
+def stub(daemon: Daemon) -> Iterator[exec_pb2_grpc.ExecServiceStub]:
+    with grpc.insecure_channel(daemon.target) as channel:
+        yield exec_pb2_grpc.ExecServiceStub(channel)
+
+
+@pytest.fixture
+def asking(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon whose shell tool asks a person before `touch`."""
+    daemon = start_daemon(tmp_path, APPROVAL_POLICY)
+    yield daemon
+    daemon.stop()
+
+
+def _start(*argv: str) -> exec_pb2.StartCall:
+    return exec_pb2.StartCall(agent="dev", argv=list(argv))
+
+
+def test_a_run_takes_its_stdin_whole_and_streams_accepted_output_and_exit(
+        stub: exec_pb2_grpc.ExecServiceStub) -> None:
+    responses = list(stub.Run(exec_pb2.RunRequest(start=_start("cat"), stdin=b"one\0two\n"),
+                              metadata=METADATA, timeout=30))
+    kinds = [r.WhichOneof("response") for r in responses]
+    assert kinds[0] == "accepted" and kinds[-1] == "exit"
+    assert b"".join(r.output.data for r in responses if r.HasField("output")) == b"one\0two\n"
+    assert (responses[-1].exit.reason, responses[-1].exit.exit_code) == (
+        exec_pb2.EXIT_REASON_EXITED, 0)
+
+
+def test_a_run_without_stdin_reads_end_of_file(stub: exec_pb2_grpc.ExecServiceStub) -> None:
+    responses = list(stub.Run(exec_pb2.RunRequest(start=_start("cat")), metadata=METADATA,
+                              timeout=30))
+    assert not [r for r in responses if r.HasField("output")]
+    assert responses[-1].exit.exit_code == 0
+
+
+def test_a_run_refused_by_policy_names_the_rule(stub: exec_pb2_grpc.ExecServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Run(exec_pb2.RunRequest(start=_start("rm", "-rf", "x")), metadata=METADATA,
+                      timeout=30))
+    trailing = dict(info.value.trailing_metadata() or ())  # type: ignore[attr-defined]
+    assert trailing["execgate-error"] == "policy_denied"
+    assert trailing["execgate-rule"].startswith("tools.")
+
+
+def test_a_run_that_needs_approval_is_refused_and_asks_nobody(asking: Daemon) -> None:
+    with asking.client() as client, pytest.raises(ApprovalDeniedError) as info:
+        client.run(["touch", "asked.txt"], agent="dev")
+    assert info.value.rule == "tools.shell.require_approval_for"
+    assert not (asking.workspace / "asked.txt").exists()
+    assert asking.audit("call.denied", rule="tools.shell.require_approval_for")
+    assert not [line for line in asking.stderr_lines if "approval.requested" in line]
+
+
+def test_with_an_approval_callback_run_still_asks(asking: Daemon) -> None:
+    with asking.client() as client:
+        result = client.run(["touch", "asked.txt"], agent="dev", on_approval=lambda r: True)
+    assert result.exit_code == 0 and (asking.workspace / "asked.txt").exists()
+
+
+def test_leaving_a_run_stream_kills_the_whole_job(stub: exec_pb2_grpc.ExecServiceStub) -> None:
+    marker = _sleeper()
+    script = f"setsid sleep {marker} & {_when_sleeping(1)}; echo go; wait"
+    call = stub.Run(exec_pb2.RunRequest(start=_start("sh", "-c", script)), metadata=METADATA,
+                    timeout=60)
+    for response in call:
+        if response.HasField("output"):
+            break
+    assert _running(marker)
+    call.cancel()
+    assert _survivors(marker) == []
+
+
+def test_client_run_takes_run_and_stream_takes_execute(client: Client, daemon: Daemon) -> None:
+    ran = client.run(["echo", "a"], agent="dev").run_id
+    started = next(iter(client.stream(["echo", "b"], agent="dev")))
+    assert isinstance(started, Started)
+    for run_id, rpc in ((ran, "Run"), (started.run_id, "Execute")):
+        [record] = daemon.audit("run.started", run_id=run_id)
+        assert record["rpc"] == f"/execgate.v1.ExecService/{rpc}"
