@@ -388,8 +388,9 @@ class Client:
                               metadata=self._metadata)
         try:
             for response in call:
-                if (got := to_event(response)) is not None:
-                    collector.add(got)
+                for one in response.events:
+                    if (got := to_event(one)) is not None:
+                        collector.add(got)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
@@ -616,8 +617,9 @@ class AsyncClient:
                               metadata=self._metadata)
         try:
             async for response in call:
-                if (got := to_event(response)) is not None:
-                    collector.add(got)
+                for one in response.events:
+                    if (got := to_event(one)) is not None:
+                        collector.add(got)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:

@@ -93,15 +93,17 @@ class RunEntry:
         return self.run.layers
 
     async def read(self, stdout_offset: int = 0, stderr_offset: int = 0,
+                   first_heartbeat: float | None = None,
                    ) -> AsyncIterator[RunEvent | Heartbeat]:
-        """Output from these offsets, then the exit; Heartbeats while quiet. A detached
-        run with nobody reading gets ``runs.detached_max_time`` before it is stopped."""
+        """Output from these offsets, then the exit; Heartbeats while quiet (the first after
+        ``first_heartbeat`` seconds, when given). A detached run with nobody reading gets
+        ``runs.detached_max_time`` before it is stopped."""
         if self.unattended is not None:
             self.unattended.cancel()
             self.unattended = None
         try:
             async for event in self.replay.read(stdout_offset, stderr_offset,
-                                                self.runs.heartbeat_interval):
+                                                self.runs.heartbeat_interval, first_heartbeat):
                 yield event
         finally:
             if self.detached and self.replay.readers == 0 and self.exit is None:

@@ -121,11 +121,14 @@ class Replay:
             await asyncio.shield(self._news)
 
     async def read(self, stdout_offset: int, stderr_offset: int,
-                   heartbeat: float | None = None) -> AsyncIterator[RunEvent | Heartbeat]:
+                   heartbeat: float | None = None, first_heartbeat: float | None = None,
+                   ) -> AsyncIterator[RunEvent | Heartbeat]:
         """Output from these offsets on (what is still held, then live), then the exit; a
-        Heartbeat after each ``heartbeat`` seconds without either."""
+        Heartbeat after each ``heartbeat`` seconds without either (the first one after
+        ``first_heartbeat``, when given)."""
         cursor = _Cursor(0, {Stream.STDOUT: stdout_offset, Stream.STDERR: stderr_offset})
         self._cursors.add(cursor)
+        wait = first_heartbeat if first_heartbeat is not None else heartbeat
         try:
             while True:
                 chunk = self._next(cursor)
@@ -137,9 +140,10 @@ class Replay:
                     yield self.exit
                     return
                 try:
-                    await asyncio.wait_for(asyncio.shield(self._news), heartbeat)
+                    await asyncio.wait_for(asyncio.shield(self._news), wait)
                 except TimeoutError:
                     yield Heartbeat()
+                    wait = heartbeat
         finally:
             self._cursors.discard(cursor)
             self._wake()

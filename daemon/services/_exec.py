@@ -48,6 +48,9 @@ _PROTOCOL_ERRORS = {
     "stdin": "stdin sent, but start did not set stdin; the run was stopped",
     "signal": f"signal must be between 1 and {MAX_SIGNAL}; the run was stopped",
 }
+ACCEPTED_HOLD = 0.05
+"""Seconds a Run's ``accepted`` waits for the run's first event; a run quiet for longer has
+its id sent then, with a heartbeat."""
 MAX_EARLY_STDIN = 4 * 1024 * 1024
 """stdin held while a call waits for approval; more is a protocol error."""
 log = structlog.get_logger()
@@ -67,6 +70,43 @@ async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
             raise Denial(DenialKind.INVALID_ARGUMENT,
                          f"not a valid ExecuteRequest: {exc}") from None
         yield request
+
+
+class _ExecuteReplies:
+    """How a call's events reach an Execute caller: one message each, as they come."""
+
+    may_ask = True
+    """Whether the caller can be asked to approve the call (it can answer on its stream)."""
+    hold: float | None = None
+    """Seconds ``accepted`` waits for the next event, to go with it."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self.context = context
+
+    async def accepted(self, response: exec_pb2.ExecuteResponse) -> None:
+        await self.context.write(response)
+
+    async def event(self, response: exec_pb2.ExecuteResponse) -> None:
+        await self.context.write(response)
+
+
+class _RunReplies(_ExecuteReplies):
+    """A Run caller's: nobody to ask, and ``accepted`` waits a little for the next event, so
+    that a short command's call is one message (each costs both ends a wake-up and a send)."""
+
+    may_ask = False
+    hold = ACCEPTED_HOLD
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        super().__init__(context)
+        self._held: list[exec_pb2.ExecuteResponse] = []
+
+    async def accepted(self, response: exec_pb2.ExecuteResponse) -> None:
+        self._held.append(response)
+
+    async def event(self, response: exec_pb2.ExecuteResponse) -> None:
+        events, self._held = [*self._held, response], []
+        await self.context.write(exec_pb2.RunResponse(events=events))
 
 
 async def _run_requests(request: exec_pb2.RunRequest,
@@ -167,12 +207,13 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        await _answered(context, self._execute(_decoded(request_iterator), context))
+        await _answered(context, self._execute(_decoded(request_iterator),
+                                               _ExecuteReplies(context)))
 
     async def Run(  # type: ignore[override]
         self, request: exec_pb2.RunRequest, context: grpc.aio.ServicerContext,
     ) -> None:
-        await _answered(context, self._execute(_run_requests(request), context, may_ask=False))
+        await _answered(context, self._execute(_run_requests(request), _RunReplies(context)))
 
     async def AttachRun(  # type: ignore[override]
         self, request: exec_pb2.AttachRunRequest, context: grpc.aio.ServicerContext,
@@ -214,7 +255,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         return await _answered(context, signalled())
 
     async def _execute(self, requests: AsyncIterator[exec_pb2.ExecuteRequest],
-                       context: grpc.aio.ServicerContext, may_ask: bool = True) -> None:
+                       replies: _ExecuteReplies) -> None:
         principal = current_principal.get()
         snapshot = self._current.get()  # this call's policy, from its first step to its end
         first = await anext(requests, None)
@@ -222,24 +263,24 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             raise Denial(DenialKind.INVALID_ARGUMENT,
                          "the first message of Execute must be start")
         call = _convert.tool_call(first.start)
-        admitted = await self._calls.admit(principal, snapshot, call, may_ask)
+        admitted = await self._calls.admit(principal, snapshot, call, replies.may_ask)
         control = _Control(call, principal, self._approvals)
         reader = asyncio.create_task(control.read(requests))
         reader.add_done_callback(_settled)
         if admitted.prompt is not None:
-            await self._ask(context, control, reader, admitted)
+            await self._ask(replies.context, control, reader, admitted)
         entry = self._calls.start(admitted, detach=first.start.detach)
         try:
             if self._fleet is not None:  # its record exists before its id is told
                 await self._fleet.registered(entry)
             await control.attach(entry.run)
-            await context.write(exec_pb2.ExecuteResponse(
+            await replies.accepted(exec_pb2.ExecuteResponse(
                 accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
-            async for event in entry.read():
+            async for event in entry.read(first_heartbeat=replies.hold):
                 if isinstance(event, Exit) and reader.done() and isinstance(
                         err := reader.exception(), Denial):
                     raise err
-                await context.write(_convert.execute_response(event))
+                await replies.event(_convert.execute_response(event))
         finally:
             self._calls.left(entry, principal)
 

@@ -37,10 +37,14 @@ def _start(*argv: str) -> exec_pb2.StartCall:
     return exec_pb2.StartCall(agent="dev", argv=list(argv))
 
 
+def _events(call: Iterator[exec_pb2.RunResponse]) -> list[exec_pb2.ExecuteResponse]:
+    return [event for batch in call for event in batch.events]
+
+
 def test_a_run_takes_its_stdin_whole_and_streams_accepted_output_and_exit(
         stub: exec_pb2_grpc.ExecServiceStub) -> None:
-    responses = list(stub.Run(exec_pb2.RunRequest(start=_start("cat"), stdin=b"one\0two\n"),
-                              metadata=METADATA, timeout=30))
+    responses = _events(stub.Run(exec_pb2.RunRequest(start=_start("cat"), stdin=b"one\0two\n"),
+                                 metadata=METADATA, timeout=30))
     kinds = [r.WhichOneof("response") for r in responses]
     assert kinds[0] == "accepted" and kinds[-1] == "exit"
     assert b"".join(r.output.data for r in responses if r.HasField("output")) == b"one\0two\n"
@@ -49,8 +53,8 @@ def test_a_run_takes_its_stdin_whole_and_streams_accepted_output_and_exit(
 
 
 def test_a_run_without_stdin_reads_end_of_file(stub: exec_pb2_grpc.ExecServiceStub) -> None:
-    responses = list(stub.Run(exec_pb2.RunRequest(start=_start("cat")), metadata=METADATA,
-                              timeout=30))
+    responses = _events(stub.Run(exec_pb2.RunRequest(start=_start("cat")), metadata=METADATA,
+                                 timeout=30))
     assert not [r for r in responses if r.HasField("output")]
     assert responses[-1].exit.exit_code == 0
 
@@ -79,13 +83,35 @@ def test_with_an_approval_callback_run_still_asks(asking: Daemon) -> None:
     assert result.exit_code == 0 and (asking.workspace / "asked.txt").exists()
 
 
+def test_accepted_comes_with_the_runs_first_event(
+        stub: exec_pb2_grpc.ExecServiceStub) -> None:
+    """A run without output is one message; one with output has it with its accepted."""
+    [batch] = list(stub.Run(exec_pb2.RunRequest(start=_start("true")), metadata=METADATA,
+                            timeout=30))
+    assert [e.WhichOneof("response") for e in batch.events] == ["accepted", "exit"]
+    first = next(stub.Run(exec_pb2.RunRequest(start=_start("echo", "hi")), metadata=METADATA,
+                          timeout=30))
+    assert [e.WhichOneof("response") for e in first.events] == ["accepted", "output"]
+
+
+def test_a_quiet_runs_id_is_sent_before_it_ends(stub: exec_pb2_grpc.ExecServiceStub) -> None:
+    """accepted waits for the next event only a moment: a quiet run's caller learns its id
+    (and could cancel it elsewhere) while it runs."""
+    call = stub.Run(exec_pb2.RunRequest(start=_start("sleep", "30")), metadata=METADATA,
+                    timeout=60)
+    first = next(call)
+    assert first.events[0].HasField("accepted") and not [
+        e for e in first.events if e.HasField("exit")]
+    call.cancel()
+
+
 def test_leaving_a_run_stream_kills_the_whole_job(stub: exec_pb2_grpc.ExecServiceStub) -> None:
     marker = _sleeper()
     script = f"setsid sleep {marker} & {_when_sleeping(1)}; echo go; wait"
     call = stub.Run(exec_pb2.RunRequest(start=_start("sh", "-c", script)), metadata=METADATA,
                     timeout=60)
-    for response in call:
-        if response.HasField("output"):
+    for batch in call:
+        if any(event.HasField("output") for event in batch.events):
             break
     assert _running(marker)
     call.cancel()

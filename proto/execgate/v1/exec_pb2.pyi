@@ -332,6 +332,28 @@ class RunRequest(_message.Message):
 Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
 
 @_typing.final
+class RunResponse(_message.Message):
+    """RunResponse is a batch of a Run call's events, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecuteResponse]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ExecuteResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunResponse: _TypeAlias = RunResponse  # noqa: Y015
+
+@_typing.final
 class CloseStdin(_message.Message):
     """CloseStdin closes the command's stdin (end of file)."""
 

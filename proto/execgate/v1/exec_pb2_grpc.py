@@ -44,7 +44,7 @@ class ExecServiceStub:
         self.Run = channel.unary_stream(
                 '/execgate.v1.ExecService/Run',
                 request_serializer=execgate_dot_v1_dot_exec__pb2.RunRequest.SerializeToString,
-                response_deserializer=execgate_dot_v1_dot_exec__pb2.ExecuteResponse.FromString,
+                response_deserializer=execgate_dot_v1_dot_exec__pb2.RunResponse.FromString,
                 _registered_method=True)
         self.AttachRun = channel.unary_stream(
                 '/execgate.v1.ExecService/AttachRun',
@@ -89,9 +89,11 @@ class ExecServiceServicer:
         """Run is Execute for a call that needs nothing from its caller once it starts: its
         stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
         the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
-        require_approval). Its events are Execute's: `accepted`, `output` chunks, one `exit`.
-        Leaving the stream stops the run. One request and a stream back is gRPC's shortest
-        path: the client library uses it for run() without an approval callback.
+        require_approval). Its events are Execute's (`accepted`, `output` chunks, one `exit`)
+        in batches: `accepted` waits a little for what follows, so a short command's whole
+        call is one message. Leaving the stream stops the run. One request and few messages
+        back is gRPC's shortest path: the client library uses it for run() without an
+        approval callback.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,7 +141,7 @@ def add_ExecServiceServicer_to_server(servicer, server):
             'Run': grpc.unary_stream_rpc_method_handler(
                     servicer.Run,
                     request_deserializer=execgate_dot_v1_dot_exec__pb2.RunRequest.FromString,
-                    response_serializer=execgate_dot_v1_dot_exec__pb2.ExecuteResponse.SerializeToString,
+                    response_serializer=execgate_dot_v1_dot_exec__pb2.RunResponse.SerializeToString,
             ),
             'AttachRun': grpc.unary_stream_rpc_method_handler(
                     servicer.AttachRun,
@@ -217,7 +219,7 @@ class ExecService:
             target,
             '/execgate.v1.ExecService/Run',
             execgate_dot_v1_dot_exec__pb2.RunRequest.SerializeToString,
-            execgate_dot_v1_dot_exec__pb2.ExecuteResponse.FromString,
+            execgate_dot_v1_dot_exec__pb2.RunResponse.FromString,
             options,
             channel_credentials,
             insecure,
