@@ -29,7 +29,13 @@ import grpc
 import grpc.experimental
 
 from execgate.client._balancing import channel_target
-from execgate.client._exceptions import CommandFailedError, ProtocolError, from_rpc_error
+from execgate.client._exceptions import (
+    ApprovalDeniedError,
+    CommandFailedError,
+    ProtocolError,
+    RPCError,
+    from_rpc_error,
+)
 from execgate.client._handles import AsyncRunHandle, Collector, RunHandle
 from execgate.client._local import read_local_token
 from execgate.client._models import (
@@ -75,11 +81,13 @@ _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 4 * 1024 * 1024),
                     ("grpc.keepalive_time_ms", 30_000),
                     ("grpc.keepalive_timeout_ms", 10_000),
                     ("grpc.keepalive_permit_without_calls", 0),
-                    # A server stream (Run, AttachRun) is read in the calling thread, not
-                    # handed over from gRPC's own: a third of a Run's client CPU.
+                    # A blocking client reads server streams (Run, AttachRun, WatchApprovals)
+                    # in the calling thread, not handed over from gRPC's own: a third of a
+                    # Run's client CPU (grpc.aio ignores it).
                     (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
-MAX_RUN_STDIN = 3 * 1024 * 1024
-"""stdin sent whole in a Run request; more goes on an Execute stream (a message is 4 MiB)."""
+MAX_RUN_REQUEST = 4 * 1024 * 1024 - 64 * 1024
+"""A Run request's bytes at most (the daemon takes messages of 4 MiB); a bigger one (its
+stdin) goes on an Execute stream."""
 
 
 def resolve_target(target: str | Sequence[str] | None) -> str | Sequence[str]:
@@ -121,17 +129,24 @@ def start_request(argv: Sequence[str] | None, agent: str, tool: str,
 
 
 def run_request(argv: Sequence[str], agent: str, tool: str, cwd: str,
-                env: Mapping[str, str] | None, timeout: float | None,
-                stdin: bytes | None) -> exec_pb2.RunRequest:
-    """A Run call's one message."""
+                env: Mapping[str, str] | None, timeout: float | None, stdin: object,
+                on_approval: object) -> exec_pb2.RunRequest | None:
+    """The one message of a Run call for ``run``; None when it takes an Execute stream: a
+    callback to ask, stdin to stream, or a request too big for one message."""
+    if on_approval is not None or not (stdin is None or isinstance(stdin, bytes)):
+        return None
     start = start_request(argv, agent, tool, None, cwd, env, timeout, False).start
-    return exec_pb2.RunRequest(start=start, stdin=stdin or b"")
+    request = exec_pb2.RunRequest(start=start, stdin=stdin or b"")
+    return request if request.ByteSize() <= MAX_RUN_REQUEST else None
 
 
-def runs_whole(stdin: object, on_approval: object) -> bool:
-    """Whether ``run`` can be one Run call: stdin given up front, and no callback to ask."""
-    return on_approval is None and (
-        stdin is None or (isinstance(stdin, bytes) and len(stdin) <= MAX_RUN_STDIN))
+def execute_instead(error: RPCError) -> bool:
+    """Whether a Run call refused with ``error`` (before anything ran) is one an Execute
+    stream can still make: the daemon has no Run (an older one), or the policy asks a person,
+    which only an Execute stream can wait for (under four eyes an approver decides, not the
+    caller's own refusal)."""
+    return error.status is grpc.StatusCode.UNIMPLEMENTED or (
+        isinstance(error, ApprovalDeniedError) and ".require_approval" in error.rule)
 
 
 def _seconds(d: Any) -> float:
@@ -284,6 +299,8 @@ class Client:
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
+        self._without_run = False
+        """The daemon answered that it has no Run (an older one): run() takes Execute."""
 
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -373,19 +390,27 @@ class Client:
             encoding: str | None = None) -> RunResult | TextRunResult:
         """Run a command tool and wait for it. ``check``: raise CommandFailedError unless it
         exited 0; ``text`` (or an ``encoding``): output as str, undecodable bytes replaced.
-        Without ``on_approval``, and with stdin as bytes (up to 3 MiB) or none, it is one
-        Run call, the shortest path: a call that needs a person's approval is refused
-        (ApprovalDeniedError naming the rule that asks)."""
+        Without ``on_approval``, and with stdin as bytes (or none), it is one Run call, the
+        shortest path; a call the policy asks a person about then takes an Execute stream,
+        as every call does with ``on_approval``."""
         check_argv(argv)
+        request = run_request(argv, agent, tool, cwd, env, timeout, stdin, on_approval)
+        if request is not None and not self._without_run:
+            try:
+                return finished(self._run_whole(request), check, text, encoding)
+            except RPCError as error:
+                if not execute_instead(error):
+                    raise
+                self._without_run |= error.status is grpc.StatusCode.UNIMPLEMENTED
         collector = Collector()
-        if not runs_whole(stdin, on_approval):
-            for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
-                                     timeout=timeout, stdin=stdin, on_approval=on_approval):
-                collector.add(event)
-            return finished(collector.result(), check, text, encoding)
-        assert stdin is None or isinstance(stdin, bytes)
-        call = self._exec.Run(run_request(argv, agent, tool, cwd, env, timeout, stdin),
-                              metadata=self._metadata)
+        for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
+                                 timeout=timeout, stdin=stdin, on_approval=on_approval):
+            collector.add(event)
+        return finished(collector.result(), check, text, encoding)
+
+    def _run_whole(self, request: exec_pb2.RunRequest) -> RunResult:
+        collector = Collector()
+        call = self._exec.Run(request, metadata=self._metadata)
         try:
             for response in call:
                 for one in response.events:
@@ -395,7 +420,7 @@ class Client:
             raise from_rpc_error(exc) from None
         finally:
             call.cancel()
-        return finished(collector.result(), check, text, encoding)
+        return collector.result()
 
     def start(self, argv: Sequence[str], *, agent: str = "", tool: str = "", cwd: str = "",
               env: Mapping[str, str] | None = None, timeout: float | None = None,
@@ -513,6 +538,8 @@ class AsyncClient:
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
         self._agents = agents_pb2_grpc.AgentServiceStub(self._channel)
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
+        self._without_run = False
+        """The daemon answered that it has no Run (an older one): run() takes Execute."""
 
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -601,20 +628,27 @@ class AsyncClient:
                   ) -> RunResult | TextRunResult:
         """Run a command tool and wait for it. ``check``: raise CommandFailedError unless it
         exited 0; ``text`` (or an ``encoding``): output as str, undecodable bytes replaced.
-        Without ``on_approval``, and with stdin as bytes (up to 3 MiB) or none, it is one
-        Run call, the shortest path: a call that needs a person's approval is refused
-        (ApprovalDeniedError naming the rule that asks)."""
+        Without ``on_approval``, and with stdin as bytes (or none), it is one Run call, the
+        shortest path; a call the policy asks a person about then takes an Execute stream,
+        as every call does with ``on_approval``."""
         check_argv(argv)
+        request = run_request(argv, agent, tool, cwd, env, timeout, stdin, on_approval)
+        if request is not None and not self._without_run:
+            try:
+                return finished(await self._run_whole(request), check, text, encoding)
+            except RPCError as error:
+                if not execute_instead(error):
+                    raise
+                self._without_run |= error.status is grpc.StatusCode.UNIMPLEMENTED
         collector = Collector()
-        if not runs_whole(stdin, on_approval):
-            async for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
-                                           timeout=timeout, stdin=stdin,
-                                           on_approval=on_approval):
-                collector.add(event)
-            return finished(collector.result(), check, text, encoding)
-        assert stdin is None or isinstance(stdin, bytes)
-        call = self._exec.Run(run_request(argv, agent, tool, cwd, env, timeout, stdin),
-                              metadata=self._metadata)
+        async for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
+                                       timeout=timeout, stdin=stdin, on_approval=on_approval):
+            collector.add(event)
+        return finished(collector.result(), check, text, encoding)
+
+    async def _run_whole(self, request: exec_pb2.RunRequest) -> RunResult:
+        collector = Collector()
+        call = self._exec.Run(request, metadata=self._metadata)
         try:
             async for response in call:
                 for one in response.events:
@@ -624,7 +658,7 @@ class AsyncClient:
             raise from_rpc_error(exc) from None
         finally:
             call.cancel()
-        return finished(collector.result(), check, text, encoding)
+        return collector.result()
 
     async def start(self, argv: Sequence[str], *, agent: str = "", tool: str = "",
                     cwd: str = "", env: Mapping[str, str] | None = None,

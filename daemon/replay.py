@@ -134,6 +134,7 @@ class Replay:
                 chunk = self._next(cursor)
                 if chunk is not None:
                     yield self._gather(cursor, chunk)
+                    wait = heartbeat
                     self._wake()  # the pump may be waiting for this reader
                     continue
                 if self.exit is not None:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -48,12 +49,14 @@ expires by itself, and the run goes on."""
 REGISTER_WAIT = 2.0
 """Seconds a new run's caller waits for its record at most (Redis's own command timeout)."""
 LINGER = 0.1
-"""Seconds an end or a forgetting waits for a registration to share its round trip: other
-hosts may see a run as running that much longer (its exit is its host's to tell)."""
+"""Seconds an end or a forgetting waits for a registration to share its round trip (an end
+only shortens a record's TTL to the run's retention; its host tells its exit)."""
 HOP_DEADLINE = 5.0
 """Seconds a cancel, signal or list forwarded to another host may take: a hung peer must not
 hang the caller (nor, for ListRuns, every caller of every host)."""
 M = TypeVar("M", bound=Message)
+_HOST_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+"""A host id as ``server.cluster.host_id`` allows: a run id naming anything else is unknown."""
 _Write = tuple[str, str | None, float, bool]
 """A registry write: key, record (None deletes it), seconds it lives, only if it exists."""
 log = structlog.get_logger()
@@ -67,7 +70,7 @@ class FleetRuns:
         self.hops = hops
         """The fleet's assertions: made for calls to other hosts, verified on this one."""
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._writes: asyncio.Queue[tuple[_Write, asyncio.Future[None] | None]] = (
+        self._writes: asyncio.Queue[tuple[_Write | None, asyncio.Future[None] | None]] = (
             asyncio.Queue(MAX_PENDING_WRITES))
         self._writer: asyncio.Task[None] | None = None
 
@@ -169,8 +172,13 @@ class FleetRuns:
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def close(self) -> None:
-        """Stop writing and close the channels to the other hosts."""
+        """Write what is waiting (for ``REGISTER_WAIT`` at most), stop writing, and close
+        the channels to the other hosts."""
         if self._writer is not None:
+            flushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._queue(None, flushed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(flushed, REGISTER_WAIT)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
@@ -187,7 +195,9 @@ class FleetRuns:
         return json.dumps({"host": self._cluster.host_id, "subject": entry.principal.subject,
                            "method": entry.principal.method, "state": state})
 
-    def _queue(self, write: _Write, done: asyncio.Future[None] | None = None) -> None:
+    def _queue(self, write: _Write | None, done: asyncio.Future[None] | None = None) -> None:
+        """Queue ``write`` (None writes nothing: its ``done`` says what came before it is
+        written)."""
         try:
             self._writes.put_nowait((write, done))
         except asyncio.QueueFull:
@@ -205,7 +215,10 @@ class FleetRuns:
             batch = await self._batch()
             try:
                 async with self._cluster.redis.pipeline(transaction=False) as pipe:
-                    for (key, record, seconds, existing), _ in batch:
+                    for write, _ in batch:
+                        if write is None:
+                            continue
+                        key, record, seconds, existing = write
                         if record is None:
                             pipe.delete(key)
                         else:
@@ -217,7 +230,7 @@ class FleetRuns:
                 if done is not None and not done.done():
                     done.set_result(None)
 
-    async def _batch(self) -> list[tuple[_Write, asyncio.Future[None] | None]]:
+    async def _batch(self) -> list[tuple[_Write | None, asyncio.Future[None] | None]]:
         """The writes to send now: every one waiting, once one is awaited or ``LINGER`` has
         passed since the first."""
         batch = [await self._writes.get()]
@@ -239,7 +252,8 @@ class FleetRuns:
                          "retention)", "runs.retention")
         host = run_id.rpartition("@")[2] if "@" in run_id else ""
         if (principal.method == "unix"  # a uid is an identity of its own host only
-                or not host or host == self._cluster.host_id or len(run_id) > 300):
+                or not _HOST_ID.fullmatch(host) or host == self._cluster.host_id
+                or len(run_id) > 300):  # ours are 33 characters and a host id
             raise unknown
         with self._cluster.reaching("finding a run held by another host"):
             address, stored = await self._cluster.redis.mget(

@@ -543,7 +543,7 @@ class RunsConfig(_Strict):
     """How long a detached run may go on with nobody attached (reattaching starts it over);
     then it is stopped with reason TIMEOUT. Its tool's max_execution_time still applies."""
     heartbeat_interval: Duration = 15.0
-    """A quiet Execute or AttachRun stream gets a heartbeat message this often."""
+    """A quiet Execute, Run or AttachRun stream gets a heartbeat message this often."""
     max_running_per_principal: Count = 32
     """Runs one principal may have going at once (server.max_concurrent_runs is the total)."""
     max_detached: Count = 64

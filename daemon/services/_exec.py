@@ -112,6 +112,9 @@ class _RunReplies(_ExecuteReplies):
 async def _run_requests(request: exec_pb2.RunRequest,
                         ) -> AsyncIterator[exec_pb2.ExecuteRequest]:
     """A Run call as the messages of an Execute stream half-closed after its stdin."""
+    if request.start.detach:
+        raise Denial(DenialKind.INVALID_ARGUMENT, "a Run cannot detach: leaving its stream "
+                     "stops the run; detach on an Execute stream")
     start = exec_pb2.StartCall()
     start.CopyFrom(request.start)
     start.stdin = bool(request.stdin)
@@ -134,16 +137,30 @@ class _Control:
         self._early: list[bytes] = []
         self._early_bytes = 0
         self._early_closed = False
-        self._signals: list[int] = []
+        self._feeding: asyncio.Task[None] | None = None
 
-    async def attach(self, run: Run) -> None:
-        """The run started: give it what came early."""
+    def attach(self, run: Run) -> None:
+        """The run started: what came early goes to it in a task of its own, which later
+        stdin waits for (a command that reads its stdin late must not hold up its output)."""
         self._run = run
-        for chunk in self._early:
+        if self._early or self._early_closed:
+            self._feeding = asyncio.create_task(self._feed(run, self._early, self._early_closed))
+            self._feeding.add_done_callback(_settled)
+            self._early = []
+
+    @staticmethod
+    async def _feed(run: Run, chunks: list[bytes], closed: bool) -> None:
+        for chunk in chunks:
             await run.write_stdin(chunk)
-        if self._early_closed:
+        if closed:
             run.close_stdin()
-        self._early.clear()
+
+    async def _stdin(self) -> Run:
+        """The run, once what came early has been written to it."""
+        assert self._run is not None
+        if self._feeding is not None:
+            await self._feeding
+        return self._run
 
     async def read(self, requests: AsyncIterator[exec_pb2.ExecuteRequest]) -> None:
         """Serve the caller's stream until it ends; raises Denial on a protocol error."""
@@ -155,7 +172,7 @@ class _Control:
                 self._run.cancel()
             raise
         if self._run is not None:
-            self._run.close_stdin()
+            (await self._stdin()).close_stdin()
         else:
             self._early_closed = True
 
@@ -169,7 +186,7 @@ class _Control:
                     decision.plan_digest, self._principal, via_stream=True, own=self.pending)
         elif kind == "stdin" and self._call.stdin:
             if self._run is not None:
-                await self._run.write_stdin(request.stdin)
+                await (await self._stdin()).write_stdin(request.stdin)
                 return
             self._early_bytes += len(request.stdin)
             if self._early_bytes > MAX_EARLY_STDIN:
@@ -179,7 +196,7 @@ class _Control:
             self._early.append(request.stdin)
         elif kind == "close_stdin":
             if self._run is not None:
-                self._run.close_stdin()
+                (await self._stdin()).close_stdin()
             else:
                 self._early_closed = True
         elif kind == "signal" and 0 < request.signal.signal <= MAX_SIGNAL:
@@ -273,7 +290,7 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         try:
             if self._fleet is not None:  # its record exists before its id is told
                 await self._fleet.registered(entry)
-            await control.attach(entry.run)
+            control.attach(entry.run)
             await replies.accepted(exec_pb2.ExecuteResponse(
                 accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
             async for event in entry.read(first_heartbeat=replies.hold):

@@ -19,7 +19,7 @@ from execgate.daemon.hops import Hops
 from execgate.daemon.model import Principal
 from execgate.v1 import exec_pb2, exec_pb2_grpc
 from tests.cluster.conftest import CLUSTER_KEY, Fleet, RedisServer, cluster_policy
-from tests.conftest import Daemon, start_daemon
+from tests.conftest import API_KEY, Daemon, start_daemon
 
 COUNT = 30000
 NUMBERS = "".join(f"{n}\n" for n in range(1, COUNT + 1)).encode()
@@ -145,6 +145,34 @@ def test_a_run_id_names_its_host_and_its_record_expires(
             record = json.loads(r.get(key) or "{}")
         assert (record["host"], record["state"]) == ("host-1", "exited")
         assert r.pttl(key) > 0
+
+
+def test_a_run_whose_command_reads_no_stdin_still_streams_its_output(
+        hosts: list[Daemon]) -> None:
+    """In a fleet the run waits for its record, while its whole stdin arrives: stdin the
+    pipe cannot hold yet must not hold up the run's accepted and output."""
+    with grpc.insecure_channel(hosts[0].target) as channel:
+        call = exec_pb2_grpc.ExecServiceStub(channel).Run(
+            exec_pb2.RunRequest(start=exec_pb2.StartCall(
+                agent="dev", argv=["sh", "-c", "echo ready; sleep 60"]), stdin=b"x" * 2**20),
+            metadata=(("authorization", f"Bearer {API_KEY}"),), timeout=30)
+        seen = b""
+        for batch in call:
+            seen += b"".join(e.output.data for e in batch.events if e.HasField("output"))
+            if seen == b"ready\n":
+                break
+        call.cancel()
+    assert seen == b"ready\n"
+
+
+def test_a_stopping_host_writes_its_runs_last_records(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """A run's end lingers to share a round trip; a host that stops writes it first."""
+    fleet = start_hosts(tmp_path, redis_server, count=1)
+    run_id = fleet.hosts[0].client().run(["true"], agent="dev").run_id
+    fleet.stop()
+    with redis.Redis(unix_socket_path=str(redis_server.socket)) as r:
+        assert json.loads(r.get(f"execgate:run:{run_id}") or "{}").get("state") == "exited"
 
 
 def test_an_unknown_run_is_not_found_on_every_host(hosts: list[Daemon]) -> None:

@@ -315,7 +315,9 @@ class RunRequest(_message.Message):
     """The command's whole stdin; empty: its stdin is /dev/null."""
     @_builtins.property
     def start(self) -> Global___StartCall:
-        """As Execute's first message; its `stdin` flag is ignored (the request's stdin is)."""
+        """As Execute's first message; its `stdin` flag is ignored (the request's stdin is), and
+        `detach` is refused.
+        """
 
     def __init__(
         self,

@@ -87,13 +87,13 @@ class ExecServiceServicer:
 
     def Run(self, request, context):
         """Run is Execute for a call that needs nothing from its caller once it starts: its
-        stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
-        the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
-        require_approval). Its events are Execute's (`accepted`, `output` chunks, one `exit`)
-        in batches: `accepted` waits a little for what follows, so a short command's whole
-        call is one message. Leaving the stream stops the run. One request and few messages
-        back is gRPC's shortest path: the client library uses it for run() without an
-        approval callback.
+        stdin, if any, comes whole in the request, it cannot detach, and nobody is asked to
+        approve it (a call the policy would ask a person about is refused, APPROVAL_DENIED,
+        naming the tool's require_approval or require_approval_for). Its events are Execute's
+        (`accepted`, `output` chunks, one `exit`) in batches: `accepted` waits up to 50 ms for
+        the run's first event, so a short command's whole call is one message. Leaving the
+        stream stops the run. One request and few messages back is gRPC's shortest path: the
+        client library uses it for run() without an approval callback.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

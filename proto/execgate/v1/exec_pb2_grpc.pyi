@@ -45,13 +45,13 @@ class ExecServiceStub:
     """
     Run: _grpc.UnaryStreamMultiCallable[_exec_pb2.RunRequest, _exec_pb2.RunResponse]
     """Run is Execute for a call that needs nothing from its caller once it starts: its
-    stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
-    the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
-    require_approval). Its events are Execute's (`accepted`, `output` chunks, one `exit`)
-    in batches: `accepted` waits a little for what follows, so a short command's whole
-    call is one message. Leaving the stream stops the run. One request and few messages
-    back is gRPC's shortest path: the client library uses it for run() without an
-    approval callback.
+    stdin, if any, comes whole in the request, it cannot detach, and nobody is asked to
+    approve it (a call the policy would ask a person about is refused, APPROVAL_DENIED,
+    naming the tool's require_approval or require_approval_for). Its events are Execute's
+    (`accepted`, `output` chunks, one `exit`) in batches: `accepted` waits up to 50 ms for
+    the run's first event, so a short command's whole call is one message. Leaving the
+    stream stops the run. One request and few messages back is gRPC's shortest path: the
+    client library uses it for run() without an approval callback.
     """
     AttachRun: _grpc.UnaryStreamMultiCallable[_exec_pb2.AttachRunRequest, _exec_pb2.AttachRunResponse]
     """AttachRun streams one of the caller's runs from the given offsets: what its replay
@@ -83,13 +83,13 @@ class ExecServiceAsyncStub(ExecServiceStub):
     """
     Run: _aio.UnaryStreamMultiCallable[_exec_pb2.RunRequest, _exec_pb2.RunResponse]  # type: ignore[assignment]
     """Run is Execute for a call that needs nothing from its caller once it starts: its
-    stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
-    the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
-    require_approval). Its events are Execute's (`accepted`, `output` chunks, one `exit`)
-    in batches: `accepted` waits a little for what follows, so a short command's whole
-    call is one message. Leaving the stream stops the run. One request and few messages
-    back is gRPC's shortest path: the client library uses it for run() without an
-    approval callback.
+    stdin, if any, comes whole in the request, it cannot detach, and nobody is asked to
+    approve it (a call the policy would ask a person about is refused, APPROVAL_DENIED,
+    naming the tool's require_approval or require_approval_for). Its events are Execute's
+    (`accepted`, `output` chunks, one `exit`) in batches: `accepted` waits up to 50 ms for
+    the run's first event, so a short command's whole call is one message. Leaving the
+    stream stops the run. One request and few messages back is gRPC's shortest path: the
+    client library uses it for run() without an approval callback.
     """
     AttachRun: _aio.UnaryStreamMultiCallable[_exec_pb2.AttachRunRequest, _exec_pb2.AttachRunResponse]  # type: ignore[assignment]
     """AttachRun streams one of the caller's runs from the given offsets: what its replay
@@ -130,13 +130,13 @@ class ExecServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_exec_pb2.RunResponse], _abc.AsyncIterator[_exec_pb2.RunResponse]]:
         """Run is Execute for a call that needs nothing from its caller once it starts: its
-        stdin, if any, comes whole in the request, and nobody is asked to approve it (a call
-        the policy would ask a person about is refused, APPROVAL_DENIED, naming the tool's
-        require_approval). Its events are Execute's (`accepted`, `output` chunks, one `exit`)
-        in batches: `accepted` waits a little for what follows, so a short command's whole
-        call is one message. Leaving the stream stops the run. One request and few messages
-        back is gRPC's shortest path: the client library uses it for run() without an
-        approval callback.
+        stdin, if any, comes whole in the request, it cannot detach, and nobody is asked to
+        approve it (a call the policy would ask a person about is refused, APPROVAL_DENIED,
+        naming the tool's require_approval or require_approval_for). Its events are Execute's
+        (`accepted`, `output` chunks, one `exit`) in batches: `accepted` waits up to 50 ms for
+        the run's first event, so a short command's whole call is one message. Leaving the
+        stream stops the run. One request and few messages back is gRPC's shortest path: the
+        client library uses it for run() without an approval callback.
         """
 
     @_abc_1.abstractmethod
