@@ -7,8 +7,8 @@ Contenders: ``subprocess.run`` in this process (the floor); execgate with every 
 layer and with every layer off (one real daemon on 127.0.0.1, started here); SWE-ReX
 (``swerex-remote`` on 127.0.0.1, installed into its own venv under ~/.cache/execgate-bench
 on first use). Measurements, each taken from every contender in turn before the next: ``true``
-round trips on a warm channel (p50, p99), a stdout flood (throughput, the server's RSS
-growth), 8 and 64 concurrent ``sleep 0.5`` (wall time), and the time to the first byte of a
+round trips on a warm channel (p50, p99), a stdout flood (``cat`` of a 100 MB text file in
+the daemon's workspace: throughput, the server's RSS growth), 8 and 64 concurrent ``sleep 0.5`` (wall time), and the time to the first byte of a
 command that prints, sleeps a second and prints again. The table gives ratios against
 SWE-ReX and the floor; absolute figures are context only (shared machines are noisy).
 """
@@ -42,6 +42,7 @@ from bench._common import (
     rss_peak,
     stdout_flood,
     stream_bytes,
+    text_file,
 )
 from tests.conftest import Daemon, start_daemon
 
@@ -68,13 +69,13 @@ tools:
     working_directory: ./workspace
     max_output_bytes: 512MiB
     max_execution_time: 120s
-    allowed_commands: ["true", sh, sleep]
+    allowed_commands: ["true", sh, sleep, cat]
   layers_off:
     type: command
     working_directory: ./workspace
     max_output_bytes: 512MiB
     max_execution_time: 120s
-    allowed_commands: ["true", sh, sleep]
+    allowed_commands: ["true", sh, sleep, cat]
     sandbox: {filesystem: off, namespaces: off, view: off, cgroup: off, network: true%s}
 agents:
   bench:
@@ -110,6 +111,8 @@ class Settings:
     calls: int
     warmup: int
     flood_bytes: int
+    flood_file: Path
+    """The stdout flood: ``flood_bytes`` of text, in the daemon's workspace."""
     concurrency: tuple[int, ...]
 
 
@@ -119,9 +122,9 @@ class Contender(Protocol):
     def true_round_trips(self, calls: int, warmup: int) -> list[float]:
         """Seconds per ``true``, after ``warmup`` unmeasured calls."""
 
-    def flood(self, size: int) -> tuple[float, int, int | None]:
-        """Seconds to receive ``size`` bytes of stdout, the bytes received, and the server's
-        RSS growth meanwhile (None: no server)."""
+    def flood(self, path: Path) -> tuple[float, int, int | None]:
+        """Seconds to receive the file at ``path`` as a command's stdout, the bytes received,
+        and the server's RSS growth meanwhile (None: no server)."""
 
     def concurrent(self, count: int) -> float:
         """Seconds for ``count`` ``sleep 0.5`` started at once to all end."""
@@ -137,8 +140,8 @@ class Floor:
         local_true(warmup)
         return local_true(calls)
 
-    def flood(self, size: int) -> tuple[float, int, int | None]:
-        return (*local_pipe(stdout_flood(size)), None)
+    def flood(self, path: Path) -> tuple[float, int, int | None]:
+        return (*local_pipe(stdout_flood(path)), None)
 
     def concurrent(self, count: int) -> float:
         return local_concurrent(["sleep", "0.5"], count)
@@ -158,10 +161,11 @@ class Execgate:
         return asyncio.run(async_round_trips(self.daemon.target, calls, self.tool,
                                              warmup=warmup))
 
-    def flood(self, size: int) -> tuple[float, int, int | None]:
-        with rss_peak(self.daemon.proc.pid) as rss:
-            seconds, received = asyncio.run(
-                stream_bytes(self.daemon.target, stdout_flood(size), self.tool))
+    def flood(self, path: Path) -> tuple[float, int, int | None]:
+        with rss_peak(self.daemon.proc.pid) as rss:  # the command's cwd is the workspace
+            seconds, received = asyncio.run(stream_bytes(
+                self.daemon.target, stdout_flood(path.relative_to(self.daemon.workspace)),
+                self.tool))
         return seconds, received, rss.growth
 
     def concurrent(self, count: int) -> float:
@@ -182,9 +186,9 @@ class Swerex:
         samples: list[float] = self.server.measure("true", calls, warmup)["samples"]
         return samples
 
-    def flood(self, size: int) -> tuple[float, int, int | None]:
+    def flood(self, path: Path) -> tuple[float, int, int | None]:
         with rss_peak(self.server.pid) as rss:
-            result = self.server.measure("flood", size)
+            result = self.server.measure("flood", str(path))
         return result["seconds"], result["bytes"], rss.growth
 
     def concurrent(self, count: int) -> float:
@@ -227,7 +231,7 @@ def measure(contenders: dict[str, Contender],
                 "true_p99": percentile(samples, 0.99) * 1e3}
 
     def flood(c: Contender) -> dict[str, float | None]:
-        seconds, received, growth = c.flood(settings.flood_bytes)
+        seconds, received, growth = c.flood(settings.flood_file)
         if received != settings.flood_bytes:
             raise RuntimeError(f"flood: {received} bytes of {settings.flood_bytes} arrived")
         return {"stdout_throughput": received / seconds / 1e6,
@@ -316,9 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run every contender through every measurement; print, write JSON, draw."""
     args = parse_args(argv)
     calls = args.calls or (100 if args.quick else 1000)
-    settings = Settings(calls=calls, warmup=min(50, calls),
-                        flood_bytes=10**7 if args.quick else 10**8,
-                        concurrency=(8,) if args.quick else (8, 64))
+    flood_bytes = 10**7 if args.quick else 10**8
     skipped = {} if not args.quick else {"64 x sleep 0.5": "--quick"}
     run_as = ", run_as: root" if os.geteuid() == 0 else ""
     load_before = os.getloadavg()[0]
@@ -329,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
         # client runs in a process of its own).
         daemon = start_daemon(root, POLICY % run_as, log=root / "execgated.log")
         stack.callback(daemon.stop)
+        settings = Settings(calls=calls, warmup=min(50, calls), flood_bytes=flood_bytes,
+                            flood_file=text_file(daemon.workspace / "flood.txt", flood_bytes),
+                            concurrency=(8,) if args.quick else (8, 64))
         contenders: dict[str, Contender] = {"floor": Floor(),
                                             "execgate": Execgate(daemon, "shell"),
                                             "execgate_off": Execgate(daemon, "layers_off")}

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -21,10 +22,24 @@ STREAMING = ["sh", "-c", "echo first; sleep 1; echo last"]
 """A command whose first output comes a second before its end (time to first byte)."""
 
 
-def stdout_flood(size: int) -> list[str]:
-    """A command writing ``size`` bytes of text to stdout (text, so that a peer answering in
-    JSON is not charged for escaping NULs)."""
-    return ["sh", "-c", f"yes | head -c {size}"]
+def text_file(path: Path, size: int) -> Path:
+    """``path``, written with ``size`` bytes of text (readable by every contender's command):
+    what the stdout flood prints. Text, so that a peer answering in JSON is not charged for
+    escaping NULs; a file, so that the command printing it costs little next to the transport
+    measured (``yes | head -c``, two processes and a pipe, ran at 600-750 MB/s into a local
+    reader here: the producer, not the transport, would be measured)."""
+    block = (b"y" * 63 + b"\n") * 16384  # a MiB of lines
+    with open(path, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+        f.write(block[: size % len(block)])
+    path.chmod(0o644)
+    return path
+
+
+def stdout_flood(path: Path | str) -> list[str]:
+    """A command printing the file at ``path`` to stdout."""
+    return ["cat", str(path)]
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:

@@ -68,7 +68,7 @@ class SwerexServer:
     port: int
     token: str
 
-    def measure(self, measurement: str, *args: int) -> dict[str, Any]:
+    def measure(self, measurement: str, *args: int | str) -> dict[str, Any]:
         """Run one of ``_swerex_client.py``'s measurements; its JSON result."""
         argv = [str(self.python), str(CLIENT), str(self.port), self.token, measurement,
                 *map(str, args)]

@@ -3,7 +3,7 @@ imported by the harness, which needs neither swerex nor its dependencies).
 
     python _swerex_client.py PORT TOKEN MEASUREMENT [ARG]
 
-MEASUREMENT is ``true CALLS WARMUP``, ``flood BYTES``, ``concurrent COUNT`` or
+MEASUREMENT is ``true CALLS WARMUP``, ``flood PATH`` (a file to print), ``concurrent COUNT`` or
 ``first-byte``; the result is one JSON object on stdout.
 """
 
@@ -32,10 +32,10 @@ async def true_round_trips(runtime: RemoteRuntime, calls: int, warmup: int) -> d
     return {"samples": samples}
 
 
-async def flood(runtime: RemoteRuntime, size: int) -> dict[str, Any]:
+async def flood(runtime: RemoteRuntime, path: str) -> dict[str, Any]:
     await runtime.execute(Command(command=["true"]))
     t = time.perf_counter()
-    response = await runtime.execute(Command(command=["sh", "-c", f"yes | head -c {size}"]))
+    response = await runtime.execute(Command(command=["cat", path]))
     return {"seconds": time.perf_counter() - t, "bytes": len(response.stdout.encode())}
 
 
@@ -58,18 +58,18 @@ async def first_byte(runtime: RemoteRuntime) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t}
 
 
-async def main(port: int, token: str, measurement: str, args: list[int]) -> dict[str, Any]:
+async def main(port: int, token: str, measurement: str, args: list[str]) -> dict[str, Any]:
     runtime = RemoteRuntime(host="http://127.0.0.1", port=port, auth_token=token)
     if measurement == "true":
-        return await true_round_trips(runtime, *args)
+        return await true_round_trips(runtime, *map(int, args))
     if measurement == "flood":
-        return await flood(runtime, *args)
+        return await flood(runtime, args[0])
     if measurement == "concurrent":
-        return await concurrent(runtime, *args)
+        return await concurrent(runtime, *map(int, args))
     return await first_byte(runtime)
 
 
 if __name__ == "__main__":
     port, token, measurement, *rest = sys.argv[1:]
-    result = asyncio.run(main(int(port), token, measurement, [int(a) for a in rest]))
+    result = asyncio.run(main(int(port), token, measurement, rest))
     print(json.dumps(result))
