@@ -8,9 +8,10 @@ layer and with every layer off (one real daemon on 127.0.0.1, started here); SWE
 (``swerex-remote`` on 127.0.0.1, installed into its own venv under ~/.cache/execgate-bench
 on first use). Measurements, each taken from every contender in turn before the next: ``true``
 round trips on a warm channel (p50, p99), a stdout flood (``cat`` of a 100 MB text file in
-the daemon's workspace: throughput, the server's RSS growth), 8 and 64 concurrent ``sleep 0.5`` (wall time), and the time to the first byte of a
-command that prints, sleeps a second and prints again. The table gives ratios against
-SWE-ReX and the floor; absolute figures are context only (shared machines are noisy).
+the daemon's workspace: throughput, the server's RSS growth), 8 and 64 concurrent ``sleep
+0.5`` (wall time), and the time to the first byte of a command that prints, sleeps a second
+and prints again. The table gives ratios against SWE-ReX and the floor; absolute figures
+are context only (shared machines are noisy).
 """
 
 from __future__ import annotations
