@@ -128,15 +128,14 @@ def start_request(argv: Sequence[str] | None, agent: str, tool: str,
     return exec_pb2.ExecuteRequest(start=start)
 
 
-def run_request(argv: Sequence[str], agent: str, tool: str, cwd: str,
-                env: Mapping[str, str] | None, timeout: float | None, stdin: object,
-                on_approval: object) -> exec_pb2.RunRequest | None:
-    """The one message of a Run call for ``run``; None when it takes an Execute stream: a
-    callback to ask, stdin to stream, or a request too big for one message."""
-    if on_approval is not None or not (stdin is None or isinstance(stdin, bytes)):
+def run_request(start: exec_pb2.ExecuteRequest, stdin: object, on_approval: object,
+                detach: bool) -> exec_pb2.RunRequest | None:
+    """The one message of a Run call for ``start``; None when the call takes an Execute
+    stream: a callback to ask, stdin to stream, a detached run, or too big a request."""
+    if (on_approval is not None or detach
+            or not (stdin is None or isinstance(stdin, bytes))):
         return None
-    start = start_request(argv, agent, tool, None, cwd, env, timeout, False).start
-    request = exec_pb2.RunRequest(start=start, stdin=stdin or b"")
+    request = exec_pb2.RunRequest(start=start.start, stdin=stdin or b"")
     return request if request.ByteSize() <= MAX_RUN_REQUEST else None
 
 
@@ -335,12 +334,44 @@ class Client:
         """Run a call and yield its events as they come: Started, OutputChunks, Exited, and
         ApprovalRequested when the policy asks a human (``on_approval`` answers: True, False,
         an ApprovalDecision, or None to leave it to an approver; no callback denies).
-        Leaving the loop early kills the run, unless ``detach``."""
-        decide = on_approval or deny_without_a_callback
+        Leaving the loop early kills the run, unless ``detach``. Without ``on_approval``,
+        ``detach`` or a stdin iterator it is one Run call, the shortest path (a quiet
+        command's Started may come 50 ms late); a call the policy asks about then takes an
+        Execute stream, as every call does with ``on_approval``."""
+        start = start_request(argv, agent, tool, arguments, cwd, env, timeout,
+                              stdin is not None, detach)
+        request = run_request(start, stdin, on_approval, detach)
+        if request is not None and not self._without_run:
+            began = False
+            try:
+                for event in self._run_events(request):
+                    began = True
+                    yield event
+                return
+            except RPCError as error:
+                if began or not execute_instead(error):
+                    raise
+                self._without_run |= error.status is grpc.StatusCode.UNIMPLEMENTED
+        yield from self._execute_events(start, stdin, on_approval or deny_without_a_callback)
+
+    def _run_events(self, request: exec_pb2.RunRequest) -> Iterator[Event]:
+        call = self._exec.Run(request, metadata=self._metadata)
+        try:
+            for response in call:
+                for one in response.events:
+                    if (event := to_event(one)) is not None:
+                        yield event
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()  # no-op once finished; kills the run if the caller stopped reading
+
+    def _execute_events(self, start: exec_pb2.ExecuteRequest,
+                        stdin: bytes | Iterable[bytes] | None,
+                        decide: OnApproval) -> Iterator[Event]:
         # The request stream stays open for the whole call: a decision may have to follow.
         outbox: queue.Queue[exec_pb2.ExecuteRequest | None] = queue.Queue()
-        outbox.put(start_request(argv, agent, tool, arguments, cwd, env, timeout,
-                                 stdin is not None, detach))
+        outbox.put(start)
 
         def feed(chunks: Iterable[bytes]) -> None:
             for chunk in chunks:
@@ -390,37 +421,14 @@ class Client:
             encoding: str | None = None) -> RunResult | TextRunResult:
         """Run a command tool and wait for it. ``check``: raise CommandFailedError unless it
         exited 0; ``text`` (or an ``encoding``): output as str, undecodable bytes replaced.
-        Without ``on_approval``, and with stdin as bytes (or none), it is one Run call, the
-        shortest path; a call the policy asks a person about then takes an Execute stream,
-        as every call does with ``on_approval``."""
+        Its events are ``stream``'s (one Run call, unless ``on_approval`` or a stdin
+        iterator is given)."""
         check_argv(argv)
-        request = run_request(argv, agent, tool, cwd, env, timeout, stdin, on_approval)
-        if request is not None and not self._without_run:
-            try:
-                return finished(self._run_whole(request), check, text, encoding)
-            except RPCError as error:
-                if not execute_instead(error):
-                    raise
-                self._without_run |= error.status is grpc.StatusCode.UNIMPLEMENTED
         collector = Collector()
         for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
                                  timeout=timeout, stdin=stdin, on_approval=on_approval):
             collector.add(event)
         return finished(collector.result(), check, text, encoding)
-
-    def _run_whole(self, request: exec_pb2.RunRequest) -> RunResult:
-        collector = Collector()
-        call = self._exec.Run(request, metadata=self._metadata)
-        try:
-            for response in call:
-                for one in response.events:
-                    if (got := to_event(one)) is not None:
-                        collector.add(got)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        finally:
-            call.cancel()
-        return collector.result()
 
     def start(self, argv: Sequence[str], *, agent: str = "", tool: str = "", cwd: str = "",
               env: Mapping[str, str] | None = None, timeout: float | None = None,
@@ -574,13 +582,45 @@ class AsyncClient:
         """Run a call and yield its events as they come: Started, OutputChunks, Exited, and
         ApprovalRequested when the policy asks a human (``on_approval``, sync or async,
         answers: True, False, an ApprovalDecision, or None to leave it to an approver; no
-        callback denies). Leaving the loop early kills the run, unless ``detach``."""
-        decide = on_approval or deny_without_a_callback
-        request = start_request(argv, agent, tool, arguments, cwd, env, timeout,
-                                stdin is not None, detach)
+        callback denies). Leaving the loop early kills the run, unless ``detach``. Without
+        ``on_approval``, ``detach`` or a stdin iterator it is one Run call (see
+        ``Client.stream``)."""
+        start = start_request(argv, agent, tool, arguments, cwd, env, timeout,
+                              stdin is not None, detach)
+        request = run_request(start, stdin, on_approval, detach)
+        if request is not None and not self._without_run:
+            began = False
+            try:
+                async for event in self._run_events(request):
+                    began = True
+                    yield event
+                return
+            except RPCError as error:
+                if began or not execute_instead(error):
+                    raise
+                self._without_run |= error.status is grpc.StatusCode.UNIMPLEMENTED
+        async for event in self._execute_events(start, stdin,
+                                                on_approval or deny_without_a_callback):
+            yield event
+
+    async def _run_events(self, request: exec_pb2.RunRequest) -> AsyncIterator[Event]:
+        call = self._exec.Run(request, metadata=self._metadata)
+        try:
+            async for response in call:
+                for one in response.events:
+                    if (event := to_event(one)) is not None:
+                        yield event
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def _execute_events(self, start: exec_pb2.ExecuteRequest,
+                              stdin: bytes | AsyncIterable[bytes] | None,
+                              decide: AsyncOnApproval) -> AsyncIterator[Event]:
         call = self._exec.Execute(metadata=self._metadata)
         try:
-            await call.write(request)
+            await call.write(start)
             if isinstance(stdin, bytes):
                 for chunk in _chunks(stdin):
                     await call.write(exec_pb2.ExecuteRequest(stdin=chunk))
@@ -628,37 +668,14 @@ class AsyncClient:
                   ) -> RunResult | TextRunResult:
         """Run a command tool and wait for it. ``check``: raise CommandFailedError unless it
         exited 0; ``text`` (or an ``encoding``): output as str, undecodable bytes replaced.
-        Without ``on_approval``, and with stdin as bytes (or none), it is one Run call, the
-        shortest path; a call the policy asks a person about then takes an Execute stream,
-        as every call does with ``on_approval``."""
+        Its events are ``stream``'s (one Run call, unless ``on_approval`` or a stdin
+        iterator is given)."""
         check_argv(argv)
-        request = run_request(argv, agent, tool, cwd, env, timeout, stdin, on_approval)
-        if request is not None and not self._without_run:
-            try:
-                return finished(await self._run_whole(request), check, text, encoding)
-            except RPCError as error:
-                if not execute_instead(error):
-                    raise
-                self._without_run |= error.status is grpc.StatusCode.UNIMPLEMENTED
         collector = Collector()
         async for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
                                        timeout=timeout, stdin=stdin, on_approval=on_approval):
             collector.add(event)
         return finished(collector.result(), check, text, encoding)
-
-    async def _run_whole(self, request: exec_pb2.RunRequest) -> RunResult:
-        collector = Collector()
-        call = self._exec.Run(request, metadata=self._metadata)
-        try:
-            async for response in call:
-                for one in response.events:
-                    if (got := to_event(one)) is not None:
-                        collector.add(got)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        finally:
-            call.cancel()
-        return collector.result()
 
     async def start(self, argv: Sequence[str], *, agent: str = "", tool: str = "",
                     cwd: str = "", env: Mapping[str, str] | None = None,

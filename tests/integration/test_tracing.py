@@ -73,14 +73,15 @@ def _run(argv: list[str]) -> Callable[[Daemon], object]:
 
 
 def _stream(argv: list[str]) -> Callable[[Daemon], object]:
+    """An Execute stream (the client takes one for a call with an approval callback)."""
     def stream(daemon: Daemon) -> object:
         with daemon.client() as c:
-            return list(c.stream(argv, agent="dev"))
+            return list(c.stream(argv, agent="dev", on_approval=lambda r: True))
     return stream
 
 
 def _call_span(spans: list[Span], method: str = "Run") -> Span:
-    """The call's span: ``client.run`` is a Run call, ``client.stream`` an Execute."""
+    """The call's span: ``client.run`` is a Run call, a call with a callback an Execute."""
     [call] = [s for s in spans if s.name == f"execgate.v1.ExecService/{method}"]
     return call
 
