@@ -30,45 +30,43 @@ def test_a_stopped_host_withdraws_its_lease(fleet: Fleet, redis_server: RedisSer
         assert r.get("execgate:host:host-1") is not None
 
 
-def test_check_config_requires_the_fleet_secret(tmp_path: Path) -> None:
-    (tmp_path / "workspace").mkdir()
-    (tmp_path / "policy.yaml").write_text(
-        cluster_policy("unix:///nowhere.sock", "host-1", policy=TEST_POLICY))
+def _check_config(root: Path, policy: str, secret: bool = True) -> tuple[int, str]:
+    """``execgated check-config`` on ``policy`` (with the fleet secret set, or not): its exit
+    status and what it said."""
+    (root / "workspace").mkdir()
+    (root / "policy.yaml").write_text(policy)
+    env = {"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20}
+    if secret:
+        env["EXECGATE_CLUSTER_KEY"] = "s" * 20
     result = subprocess.run(
-        [sys.executable, "-m", "execgate.daemon.cli", "check-config",
-         str(tmp_path / "policy.yaml")], cwd=tmp_path, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20}, timeout=60)
-    assert result.returncode != 0
-    assert "server.cluster.key_env: set EXECGATE_CLUSTER_KEY" in result.stderr + result.stdout
+        [sys.executable, "-m", "execgate.daemon.cli", "check-config", str(root / "policy.yaml")],
+        cwd=root, capture_output=True, text=True, env=env, timeout=60)
+    return result.returncode, result.stderr + result.stdout
+
+
+def test_check_config_requires_the_fleet_secret(tmp_path: Path) -> None:
+    status, said = _check_config(
+        tmp_path, cluster_policy("unix:///nowhere.sock", "host-1", policy=TEST_POLICY),
+        secret=False)
+    assert status != 0
+    assert "server.cluster.key_env: set EXECGATE_CLUSTER_KEY" in said
 
 
 def test_a_redis_url_of_another_scheme_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "workspace").mkdir()
-    (tmp_path / "policy.yaml").write_text(
-        cluster_policy("http://redis:6379", "host-1", policy=TEST_POLICY))
-    result = subprocess.run(
-        [sys.executable, "-m", "execgate.daemon.cli", "check-config",
-         str(tmp_path / "policy.yaml")], cwd=tmp_path, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20,
-             "EXECGATE_CLUSTER_KEY": "s" * 20}, timeout=60)
-    assert result.returncode != 0
-    assert "is not a Redis URL" in result.stderr + result.stdout
+    status, said = _check_config(
+        tmp_path, cluster_policy("http://redis:6379", "host-1", policy=TEST_POLICY))
+    assert status != 0
+    assert "is not a Redis URL" in said
 
 
 def test_a_fleet_of_tls_only_daemons_is_refused_with_its_reason(tmp_path: Path) -> None:
     """Hops are plaintext gRPC to the advertise address: a TLS-only peer would refuse every
     forwarded call, so the combination is refused at start, not at the first attach."""
-    (tmp_path / "workspace").mkdir()
-    (tmp_path / "policy.yaml").write_text(cluster_policy(
+    status, said = _check_config(tmp_path, cluster_policy(
         "unix:///nowhere.sock", "host-1", policy=TEST_POLICY,
         extra_server="  tls: {cert: /nowhere/cert.pem, key: /nowhere/key.pem}\n"))
-    result = subprocess.run(
-        [sys.executable, "-m", "execgate.daemon.cli", "check-config",
-         str(tmp_path / "policy.yaml")], cwd=tmp_path, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "TEST_API_KEY": "k" * 20,
-             "EXECGATE_CLUSTER_KEY": "s" * 20}, timeout=60)
-    assert result.returncode != 0
-    assert "server.cluster with server.tls" in result.stderr + result.stdout
+    assert status != 0
+    assert "server.cluster with server.tls" in said
 
 
 def test_a_reload_keeps_the_fleet_it_started_in_and_says_so() -> None:
