@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import NoReturn, cast
 
 from execgate.daemon.sandbox import _landlock, _linux, _view, _wire
-from execgate.daemon.sandbox._protocol import JobSpec, Kind, Report
+from execgate.daemon.sandbox._protocol import JobSpec, Kind, Report, Verdict
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
@@ -135,12 +135,16 @@ def _serve(sock: socket.socket, flags: int, ready: _Ready) -> NoReturn:
             with contextlib.suppress(OSError):
                 _wire.send(sock, {"error": f"{type(exc).__name__}: {exc}"})
             os._exit(0)
-        report["again"] = (not refused and ready.reusable and jobs < MAX_JOBS
-                           and time.monotonic() - born < MAX_SECONDS and _clean(ready)
-                           and _inheritable() == state and _time_left())
         with contextlib.suppress(OSError):
             _wire.send(sock, report)
-        if not report["again"]:
+        # Nothing of the job runs any more: its caller has its exit while this init looks
+        # whether the job left anything the next could see.
+        verdict = Verdict(again=not refused and ready.reusable and jobs < MAX_JOBS
+                          and time.monotonic() - born < MAX_SECONDS and _clean(ready)
+                          and _inheritable() == state and _time_left())
+        with contextlib.suppress(OSError):
+            _wire.send(sock, verdict)
+        if not verdict["again"]:
             break
     os._exit(0)
 

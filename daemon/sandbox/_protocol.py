@@ -6,8 +6,9 @@ Three parties, three conversations (each over its own SOCK_SEQPACKET socket, see
   pooled), ``Ping``; helper -> daemon: ``Ready`` (once: what the host supports), ``Offer``
   (an init, its socket and pidfd attached), ``Refused``, ``Pong``.
 - daemon -> init: a ``JobSpec``, with the job's stdin, stdout and stderr attached, then any
-  ``Signal`` for it; init -> daemon: the job's ``Report``, which says whether the init takes
-  another job of its kind. The helper is not on a job's path at all: it only makes
+  ``Signal`` for it; init -> daemon: the job's ``Report``, then a ``Verdict``: whether the
+  init takes another job of its kind (its checks run after the report, off the job's
+  caller's path). The helper is not on a job's path at all: it only makes
   inits, ahead of need, and reaps them.
 
 Plain module (TypedDicts): the helper and the inits import it, with no asyncio or structlog.
@@ -87,8 +88,12 @@ class Report(TypedDict):
     status: NotRequired[int]
     rusage: NotRequired[list[float]]
     error: NotRequired[str]
-    again: NotRequired[bool]
-    """The init takes another job of its kind (else it exits)."""
+
+
+class Verdict(TypedDict):
+    """After a report: whether the init takes another job of its kind (else it exits)."""
+
+    again: bool
 
 
 class Counter(TypedDict):

@@ -259,7 +259,7 @@ class Spawner:
             return
         job.init = init
         self._running[job.id] = job
-        self._loop.add_reader(init.sock, self._on_report, job)
+        self._loop.add_reader(init.sock.fileno(), self._on_report, job)
         for sig in job.early:
             self.signal(job, sig)
 
@@ -271,12 +271,12 @@ class Spawner:
             report, _ = _wire.receive(init.sock)
         except (OSError, ValueError):
             report = None
-        self._loop.remove_reader(init.sock)
         self._running.pop(job.id, None)
         limits = events(init.counters)
-        if report is not None and report.get("again") and not job.killed:
-            self._reuse(init)
+        if report is not None and not job.killed:  # its verdict comes next
+            self._loop.add_reader(init.sock.fileno(), self._on_verdict, init)
         else:
+            self._loop.remove_reader(init.sock.fileno())
             _close(init)
         if report is not None:
             job.exited.set_result(_status(cast(Report, report), limits))
@@ -286,6 +286,19 @@ class Spawner:
             # The init died unasked: its helper died (the inits die with it), or it was
             # killed from outside. Which one the helper's socket tells, maybe a moment later.
             self._loop.call_later(0.1, self._init_died, job, init.helper)
+
+    def _on_verdict(self, init: _Init) -> None:
+        """Whether the init that reported takes another job: reused, or ended."""
+        assert self._loop is not None
+        try:
+            verdict, _ = _wire.receive(init.sock)
+        except (OSError, ValueError):
+            verdict = None
+        self._loop.remove_reader(init.sock.fileno())
+        if verdict is not None and verdict.get("again"):
+            self._reuse(init)
+        else:
+            _close(init)
 
     def _reuse(self, init: _Init) -> None:
         """An init back from a job it left nothing of: placed like a new one, unless a
