@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -85,6 +86,8 @@ _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 4 * 1024 * 1024),
                     # in the calling thread, not handed over from gRPC's own: a third of a
                     # Run's client CPU (grpc.aio ignores it).
                     (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+CANCEL_SECONDS = 5.0
+"""How long a run() that stops early waits for the daemon to take the run's CancelRun."""
 MAX_RUN_REQUEST = 4 * 1024 * 1024 - 64 * 1024
 """A Run request's bytes at most (the daemon takes messages of 4 MiB); a bigger one (its
 stdin) goes on an Execute stream."""
@@ -146,6 +149,17 @@ def execute_instead(error: RPCError) -> bool:
     caller's own refusal)."""
     return error.status is grpc.StatusCode.UNIMPLEMENTED or (
         isinstance(error, ApprovalDeniedError) and ".require_approval" in error.rule)
+
+
+def collected(response: exec_pb2.RunToExitResponse, collector: Collector) -> bool:
+    """Add a RunToExit answer's events to ``collector``; whether the run goes on (read the
+    rest with AttachRun from ``collector.offsets``)."""
+    for one in response.events:
+        if (event := to_event(one)) is not None:
+            collector.add(event)
+    if response.continued and collector.started is None:
+        raise ProtocolError("the daemon handed a run over without its accepted")
+    return response.continued
 
 
 def _seconds(d: Any) -> float:
@@ -300,6 +314,8 @@ class Client:
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
         self._without_run = False
         """The daemon answered that it has no Run (an older one): run() takes Execute."""
+        self._without_run_to_exit = False
+        """The daemon answered that it has no RunToExit: run() takes stream()."""
 
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -421,14 +437,43 @@ class Client:
             encoding: str | None = None) -> RunResult | TextRunResult:
         """Run a command tool and wait for it. ``check``: raise CommandFailedError unless it
         exited 0; ``text`` (or an ``encoding``): output as str, undecodable bytes replaced.
-        Its events are ``stream``'s (one Run call, unless ``on_approval`` or a stdin
-        iterator is given)."""
+        One RunToExit call (a run still going after a second is read on with AttachRun),
+        unless ``on_approval`` or a stdin iterator is given: then ``stream``'s events."""
         check_argv(argv)
         collector = Collector()
+        request = run_request(start_request(argv, agent, tool, None, cwd, env, timeout,
+                                            stdin is not None, False), stdin, on_approval, False)
+        if request is not None and not self._without_run_to_exit:
+            try:
+                response = self._exec.RunToExit(request, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if not execute_instead(error):
+                    raise error from None
+                self._without_run_to_exit |= error.status is grpc.StatusCode.UNIMPLEMENTED
+            else:
+                if collected(response, collector):
+                    self._read_on(collector)
+                return finished(collector.result(), check, text, encoding)
         for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
                                  timeout=timeout, stdin=stdin, on_approval=on_approval):
             collector.add(event)
         return finished(collector.result(), check, text, encoding)
+
+    def _read_on(self, collector: Collector) -> None:
+        """The rest of a run RunToExit handed over, read with AttachRun from where its answer
+        ended. Stopping early stops the run, as leaving a Run stream does."""
+        assert collector.started is not None
+        run_id = collector.started.run_id
+        try:
+            for event in self.attach(run_id, stdout_offset=collector.offsets["stdout"],
+                                     stderr_offset=collector.offsets["stderr"]):
+                collector.add(event)
+        except BaseException:
+            with contextlib.suppress(grpc.RpcError):
+                self._exec.CancelRun(exec_pb2.CancelRunRequest(run_id=run_id),
+                                     metadata=self._metadata, timeout=CANCEL_SECONDS)
+            raise
 
     def start(self, argv: Sequence[str], *, agent: str = "", tool: str = "", cwd: str = "",
               env: Mapping[str, str] | None = None, timeout: float | None = None,
@@ -548,6 +593,8 @@ class AsyncClient:
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
         self._without_run = False
         """The daemon answered that it has no Run (an older one): run() takes Execute."""
+        self._without_run_to_exit = False
+        """The daemon answered that it has no RunToExit: run() takes stream()."""
 
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -668,14 +715,43 @@ class AsyncClient:
                   ) -> RunResult | TextRunResult:
         """Run a command tool and wait for it. ``check``: raise CommandFailedError unless it
         exited 0; ``text`` (or an ``encoding``): output as str, undecodable bytes replaced.
-        Its events are ``stream``'s (one Run call, unless ``on_approval`` or a stdin
-        iterator is given)."""
+        One RunToExit call (a run still going after a second is read on with AttachRun),
+        unless ``on_approval`` or a stdin iterator is given: then ``stream``'s events."""
         check_argv(argv)
         collector = Collector()
+        request = run_request(start_request(argv, agent, tool, None, cwd, env, timeout,
+                                            stdin is not None, False), stdin, on_approval, False)
+        if request is not None and not self._without_run_to_exit:
+            try:
+                response = await self._exec.RunToExit(request, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if not execute_instead(error):
+                    raise error from None
+                self._without_run_to_exit |= error.status is grpc.StatusCode.UNIMPLEMENTED
+            else:
+                if collected(response, collector):
+                    await self._read_on(collector)
+                return finished(collector.result(), check, text, encoding)
         async for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
                                        timeout=timeout, stdin=stdin, on_approval=on_approval):
             collector.add(event)
         return finished(collector.result(), check, text, encoding)
+
+    async def _read_on(self, collector: Collector) -> None:
+        """The rest of a run RunToExit handed over, read with AttachRun from where its answer
+        ended. Stopping early (cancelled too) stops the run, as leaving a Run stream does."""
+        assert collector.started is not None
+        run_id = collector.started.run_id
+        try:
+            async for event in self.attach(run_id, stdout_offset=collector.offsets["stdout"],
+                                           stderr_offset=collector.offsets["stderr"]):
+                collector.add(event)
+        except BaseException:
+            with contextlib.suppress(grpc.RpcError):
+                await self._exec.CancelRun(exec_pb2.CancelRunRequest(run_id=run_id),
+                                           metadata=self._metadata, timeout=CANCEL_SECONDS)
+            raise
 
     async def start(self, argv: Sequence[str], *, agent: str = "", tool: str = "",
                     cwd: str = "", env: Mapping[str, str] | None = None,

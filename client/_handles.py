@@ -23,14 +23,17 @@ class Collector:
     def __init__(self) -> None:
         self.started: Started | None = None
         self.out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        self.offsets = {"stdout": 0, "stderr": 0}
+        """Each stream's offset after the output taken so far (where a reader goes on)."""
         self.exited: Exited | None = None
 
     def add(self, event: Event) -> None:
-        """Take one event."""
+        """Take one event (a second Started, from reading the run again, is the same run)."""
         if isinstance(event, Started):
-            self.started = event
+            self.started = self.started or event
         elif isinstance(event, OutputChunk):
             self.out[event.stream].append(event.data)
+            self.offsets[event.stream] = event.offset + len(event.data)
         elif isinstance(event, Exited):
             self.exited = event
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,7 +40,7 @@ from execgate.daemon.model import (
     RunEvent,
     ToolCall,
 )
-from execgate.daemon.replay import Heartbeat, Replay
+from execgate.daemon.replay import Heartbeat, Replay, ReplayHold
 from execgate.daemon.runs import CommandRun, FunctionRun, Run
 from execgate.daemon.sandbox import Layers, Spawner
 from execgate.daemon.snapshot import Snapshot
@@ -81,6 +81,10 @@ class RunEntry:
     """Wall-clock seconds."""
     pump: asyncio.Task[None] | None = None
     unattended: asyncio.TimerHandle | None = field(default=None, repr=False)
+    handed_over: bool = False
+    """The call that started it answered before its exit: its caller reads on (AttachRun)."""
+    held: ReplayHold | None = field(default=None, repr=False)
+    """Its output from where the caller was handed it over, until it attaches."""
 
     @property
     def exit(self) -> Exit | None:
@@ -93,24 +97,49 @@ class RunEntry:
         return self.run.layers
 
     async def read(self, stdout_offset: int = 0, stderr_offset: int = 0,
-                   first_heartbeat: float | None = None,
-                   ) -> AsyncIterator[RunEvent | Heartbeat]:
-        """Output from these offsets, then the exit; Heartbeats while quiet (the first after
-        ``first_heartbeat`` seconds, when given). A detached run with nobody reading gets
+                   first_heartbeat: float | None = None, heartbeat: float | None = None,
+                   ) -> AsyncGenerator[RunEvent | Heartbeat, None]:
+        """Output from these offsets, then the exit; Heartbeats while quiet, every
+        ``heartbeat`` seconds (default: the policy's; the first after ``first_heartbeat``,
+        when given). A detached run with nobody reading gets
         ``runs.detached_max_time`` before it is stopped."""
         if self.unattended is not None:
             self.unattended.cancel()
             self.unattended = None
+        held, self.held = self.held, None
         try:
-            async for event in self.replay.read(stdout_offset, stderr_offset,
-                                                self.runs.heartbeat_interval, first_heartbeat):
+            async for event in self.replay.read(
+                    stdout_offset, stderr_offset, heartbeat or self.runs.heartbeat_interval,
+                    first_heartbeat, taking=held):
                 yield event
         finally:
-            if self.detached and self.replay.readers == 0 and self.exit is None:
-                self.unattended = asyncio.get_running_loop().call_later(
-                    self.runs.detached_max_time, self.run.stop, ExitReason.TIMEOUT,
-                    f"ran detached with nobody attached for {self.runs.detached_max_time:g}s "
-                    "(runs.detached_max_time)")
+            if self.replay.readers == 0 and self.exit is None:
+                if self.handed_over:
+                    self.unattended = asyncio.get_running_loop().call_later(
+                        self.runs.handover_grace, self._unclaimed)
+                elif self.detached:
+                    self.unattended = asyncio.get_running_loop().call_later(
+                        self.runs.detached_max_time, self.run.stop, ExitReason.TIMEOUT,
+                        f"ran detached with nobody attached for "
+                        f"{self.runs.detached_max_time:g}s (runs.detached_max_time)")
+
+    def hand_over(self, stdout_offset: int, stderr_offset: int) -> None:
+        """The call answers before the exit: its caller reads on with AttachRun from these
+        offsets. Until it attaches, the output waits for it as for a reader there; unless it
+        attaches within ``runs.handover_grace``, the run is stopped."""
+        self.handed_over = True
+        self.held = self.replay.hold(stdout_offset, stderr_offset)
+        self.unattended = asyncio.get_running_loop().call_later(self.runs.handover_grace,
+                                                                self._unclaimed)
+
+    def _unclaimed(self) -> None:
+        self.unattended = None
+        if self.held is not None:
+            self.replay.unhold(self.held)
+            self.held = None
+        if self.exit is None:
+            self.run.stop(ExitReason.TIMEOUT, f"handed over to its caller, who did not read on "
+                          f"within {self.runs.handover_grace:g}s (runs.handover_grace)")
 
 
 class RunRegistry(Protocol):
@@ -159,7 +188,8 @@ class Calls:
     async def admit(self, principal: Principal, snapshot: Snapshot, call: ToolCall,
                     may_ask: bool = True) -> Admitted:
         """Limits, access, policy and the sandbox's own check; raises Denial (audited).
-        ``may_ask``: whether the call can wait for a person's approval (a Run call cannot)."""
+        ``may_ask``: whether the call can wait for a person's approval (a Run or RunToExit
+        call cannot)."""
         try:
             self._check_serving()
             await snapshot.limiter.take(principal)
@@ -170,9 +200,10 @@ class Calls:
             prompt = snapshot.policy.approval_prompt(plan)
             if prompt is not None and not may_ask:
                 raise Denial(DenialKind.APPROVAL_DENIED,
-                             f"tool {plan.tool!r} needs a person's approval, which a Run call "
-                             "cannot wait for; nothing ran (use Execute: the client does "
-                             "when given on_approval)", snapshot.policy.approval_rule(plan))
+                             f"tool {plan.tool!r} needs a person's approval, which a Run or "
+                             "RunToExit call cannot wait for; nothing ran (use Execute: the "
+                             "client does when given on_approval)",
+                             snapshot.policy.approval_rule(plan))
         except Denial as denial:
             self._audit.denied(principal, call, denial)
             raise
@@ -233,9 +264,10 @@ class Calls:
         return entry
 
     def left(self, entry: RunEntry, principal: Principal) -> None:
-        """The stream that started ``entry`` ended: a run not detached ends with it (at
-        once, nobody waits for it); a detached one goes on."""
-        if entry.exit is not None:
+        """The call that started ``entry`` ended: a run not detached ends with it (at once,
+        nobody waits for it); a detached one goes on, and so does one handed over to its
+        caller (``RunEntry.hand_over``)."""
+        if entry.exit is not None or entry.handed_over:
             return
         if entry.detached:
             self._audit.run_detached(entry.id, principal)

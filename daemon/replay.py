@@ -8,7 +8,9 @@ and a reader sees the jump in the offsets.
 
 Back pressure: while an attached reader lags more than ``HIGH_WATER`` bytes behind, the
 pump waits (``room``), so a slow caller slows the command instead of losing its output, as
-when it read the pipes itself. A run nobody reads is read at full speed into the buffer.
+when it read the pipes itself; what a reader has still to read is never dropped (a buffer
+smaller than HIGH_WATER grows to it while one lags). A run nobody reads is read at full
+speed into the buffer. A hold (``hold``) is a place kept for a reader still to come.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class _Cursor:
     @property
     def position(self) -> int:
         return sum(self.offsets.values())
+
+
+ReplayHold = _Cursor
+"""A place in the output kept for a reader still to come (``Replay.hold``)."""
 
 
 class Replay:
@@ -115,6 +121,21 @@ class Replay:
         self._wake()
         return freed
 
+    def hold(self, stdout_offset: int, stderr_offset: int) -> ReplayHold:
+        """Keep the output from these offsets for a reader still to come: until ``unhold``,
+        the run's output waits for it (``room``) as for a reader attached there. Returns
+        what ``unhold`` takes."""
+        cursor = _Cursor(0, {Stream.STDOUT: stdout_offset, Stream.STDERR: stderr_offset})
+        self._cursors.add(cursor)
+        return cursor
+
+    def unhold(self, held: ReplayHold) -> None:
+        """Let go of what ``hold`` kept."""
+        if held in self._cursors:
+            self._cursors.discard(held)
+            self._trim()
+            self._wake()
+
     async def room(self) -> None:
         """Wait while an attached reader lags too far behind."""
         while any(self._lag(c) >= HIGH_WATER for c in self._cursors):
@@ -122,12 +143,15 @@ class Replay:
 
     async def read(self, stdout_offset: int, stderr_offset: int,
                    heartbeat: float | None = None, first_heartbeat: float | None = None,
-                   ) -> AsyncIterator[RunEvent | Heartbeat]:
+                   taking: ReplayHold | None = None) -> AsyncIterator[RunEvent | Heartbeat]:
         """Output from these offsets on (what is still held, then live), then the exit; a
         Heartbeat after each ``heartbeat`` seconds without either (the first one after
-        ``first_heartbeat``, when given)."""
+        ``first_heartbeat``, when given). The reader takes the place of ``taking``, a hold
+        let go once the reader's own place is kept."""
         cursor = _Cursor(0, {Stream.STDOUT: stdout_offset, Stream.STDERR: stderr_offset})
         self._cursors.add(cursor)
+        if taking is not None:
+            self._cursors.discard(taking)
         wait = first_heartbeat if first_heartbeat is not None else heartbeat
         try:
             while True:
@@ -147,6 +171,7 @@ class Replay:
                     wait = heartbeat
         finally:
             self._cursors.discard(cursor)
+            self._trim()
             self._wake()
 
     def _gather(self, cursor: _Cursor, chunk: Output) -> Output:
@@ -190,8 +215,14 @@ class Replay:
             return chunk
 
     def _trim(self) -> None:
+        """Drop the oldest of the tail past its room, but never what a reader (or a hold)
+        has still to read: the output waits for it instead (``room``), so the tail may hold
+        up to HIGH_WATER and a chunk more while one lags."""
         while self._tail_bytes > self._tail_room:
             first = self._tail[0]
+            end = first.offset + len(first.data)
+            if any(c.offsets[first.stream] < end for c in self._cursors):
+                break
             excess = self._tail_bytes - self._tail_room
             if len(first.data) <= excess:
                 self._tail.popleft()

@@ -2,13 +2,14 @@
 OTLP/gRPC with the SDK's batch processor (the ``otel`` extra; import this module only when
 tracing is on).
 
-One span per tool call (an Execute or a Run, kind SERVER), continuing the caller's W3C trace context
-(its ``traceparent`` and ``tracestate`` metadata), with a child for each step it went
-through: ``authenticate``, ``policy`` (decision and rule), ``approval`` (the wait for a
-person), ``spawn`` and ``run`` (how it ended, bytes). A call's spans are built when the
-call ends (its run exited, or it was refused), from the times its records were seen, and
-handed to the batch processor finished; a detached run's call ends with its run. A caller's
-trace that is not sampled (its ``traceparent`` flags) is not exported; every other call is.
+One span per tool call (an Execute, a Run or a RunToExit, kind SERVER), continuing the
+caller's W3C trace context (its ``traceparent`` and ``tracestate`` metadata), with a child
+for each step it went through: ``authenticate``, ``policy`` (decision and rule),
+``approval`` (the wait for a person), ``spawn`` and ``run`` (how it ended, bytes). A call's
+spans are built when the call ends (its run exited, or it was refused), from the times its
+records were seen, and handed to the batch processor finished; a detached run's call ends
+with its run. A caller's trace that is not sampled (its ``traceparent`` flags) is not
+exported; every other call is.
 
 Spans carry only what the audit already records, and of that only names, decisions, rules,
 reason codes, ids and sizes: never an argv, a subject, a peer, an environment value or a
@@ -47,7 +48,8 @@ except ImportError as missing:  # the daemon runs without the extra: it says so 
 from execgate.daemon.audit import AuditRecord, CallContext
 
 Attributes = dict[str, str | int | float | bool]
-TRACED_RPCS = frozenset({"/execgate.v1.ExecService/Execute", "/execgate.v1.ExecService/Run"})
+TRACED_RPCS = frozenset({"/execgate.v1.ExecService/Execute", "/execgate.v1.ExecService/Run",
+                         "/execgate.v1.ExecService/RunToExit"})
 MAX_OPEN_CALLS = 10_000
 """Calls followed at once; past it the oldest is dropped unexported. A call that ends
 without a record saying so (a caller gone before its first message) must not pile up."""

@@ -542,6 +542,10 @@ class RunsConfig(_Strict):
     detached_max_time: Duration = 3600.0
     """How long a detached run may go on with nobody attached (reattaching starts it over);
     then it is stopped with reason TIMEOUT. Its tool's max_execution_time still applies."""
+    handover_grace: Duration = 30.0
+    """How long a run RunToExit handed over to its caller (answering before the run's exit)
+    waits for the caller to attach, or to attach again after leaving early; then it is
+    stopped with reason TIMEOUT. Its output waits for the caller meanwhile."""
     heartbeat_interval: Duration = 15.0
     """A quiet Execute, Run or AttachRun stream gets a heartbeat message this often."""
     max_running_per_principal: Count = 32

@@ -1,7 +1,8 @@
 """ExecService: gRPC messages in and out of the call pipeline (``execgate.daemon.calls``).
 
 Execute admits, approves and starts a call through the pipeline and streams its run; Run
-does the same for a call given whole in one request (no approval, stdin up front);
+does the same for a call given whole in one request (no approval, stdin up front), and
+RunToExit answers such a call once (``_replies``: how each sends the events);
 AttachRun streams a run again from offsets; ListRuns, CancelRun and SignalRun act on the
 registry. Nothing here decides anything: the pipeline does, and every refusal comes back as
 a Denial through the one status table.
@@ -36,6 +37,7 @@ from execgate.daemon.runs import Run
 from execgate.daemon.sandbox import Spawner
 from execgate.daemon.services import _convert
 from execgate.daemon.services._errors import abort
+from execgate.daemon.services._replies import CollectedReplies, ExecuteReplies, RunReplies
 from execgate.daemon.snapshot import Current
 from execgate.v1 import exec_pb2, exec_pb2_grpc
 
@@ -48,9 +50,6 @@ _PROTOCOL_ERRORS = {
     "stdin": "stdin sent, but start did not set stdin; the run was stopped",
     "signal": f"signal must be between 1 and {MAX_SIGNAL}; the run was stopped",
 }
-ACCEPTED_HOLD = 0.05
-"""Seconds a Run's ``accepted`` waits for the run's first event; a run quiet for longer has
-its id sent then, with a heartbeat."""
 MAX_EARLY_STDIN = 4 * 1024 * 1024
 """stdin held while a call waits for approval; more is a protocol error."""
 log = structlog.get_logger()
@@ -70,57 +69,6 @@ async def _decoded(requests: AsyncIterator[exec_pb2.ExecuteRequest],
             raise Denial(DenialKind.INVALID_ARGUMENT,
                          f"not a valid ExecuteRequest: {exc}") from None
         yield request
-
-
-class _ExecuteReplies:
-    """How a call's events reach an Execute caller: one message each, as they come."""
-
-    may_ask = True
-    """Whether the caller can be asked to approve the call (it can answer on its stream)."""
-    hold: float | None = None
-    """Seconds ``accepted`` waits for the next event, to go with it."""
-
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        self.context = context
-
-    async def accepted(self, response: exec_pb2.ExecuteResponse) -> None:
-        await self.context.write(response)
-
-    async def event(self, response: exec_pb2.ExecuteResponse) -> None:
-        await self.context.write(response)
-
-
-class _RunReplies(_ExecuteReplies):
-    """A Run caller's: nobody to ask, and ``accepted`` waits a little for the next event, so
-    that a short command's call is one message (each costs both ends a wake-up and a send)."""
-
-    may_ask = False
-    hold = ACCEPTED_HOLD
-
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        super().__init__(context)
-        self._held: list[exec_pb2.ExecuteResponse] = []
-
-    async def accepted(self, response: exec_pb2.ExecuteResponse) -> None:
-        self._held.append(response)
-
-    async def event(self, response: exec_pb2.ExecuteResponse) -> None:
-        events, self._held = [*self._held, response], []
-        await self.context.write(exec_pb2.RunResponse(events=events))
-
-
-async def _run_requests(request: exec_pb2.RunRequest,
-                        ) -> AsyncIterator[exec_pb2.ExecuteRequest]:
-    """A Run call as the messages of an Execute stream half-closed after its stdin."""
-    if request.start.detach:
-        raise Denial(DenialKind.INVALID_ARGUMENT, "a Run cannot detach: leaving its stream "
-                     "stops the run; detach on an Execute stream")
-    start = exec_pb2.StartCall()
-    start.CopyFrom(request.start)
-    start.stdin = bool(request.stdin)
-    yield exec_pb2.ExecuteRequest(start=start)
-    if request.stdin:
-        yield exec_pb2.ExecuteRequest(stdin=request.stdin)
 
 
 class _Control:
@@ -154,6 +102,12 @@ class _Control:
             await run.write_stdin(chunk)
         if closed:
             run.close_stdin()
+
+    def given(self, stdin: bytes) -> None:
+        """A Run's: its whole stdin, written once the run starts, then closed (a call without
+        stdin has none to close: its stdin is /dev/null)."""
+        if stdin:
+            self._early, self._early_closed = [stdin], True
 
     async def _stdin(self) -> Run:
         """The run, once what came early has been written to it."""
@@ -224,13 +178,25 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self, request_iterator: AsyncIterator[exec_pb2.ExecuteRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        await _answered(context, self._execute(_decoded(request_iterator),
-                                               _ExecuteReplies(context)))
+        async def execute() -> None:
+            requests = _decoded(request_iterator)
+            first = await anext(requests, None)
+            if first is None or first.WhichOneof("request") != "start":
+                raise Denial(DenialKind.INVALID_ARGUMENT,
+                             "the first message of Execute must be start")
+            await self._execute(first.start, requests, ExecuteReplies(context))
+        await _answered(context, execute())
 
     async def Run(  # type: ignore[override]
         self, request: exec_pb2.RunRequest, context: grpc.aio.ServicerContext,
     ) -> None:
-        await _answered(context, self._execute(_run_requests(request), _RunReplies(context)))
+        await _answered(context, self._execute_whole(request, RunReplies(context)))
+
+    async def RunToExit(self, request: exec_pb2.RunRequest,
+                        context: grpc.aio.ServicerContext) -> exec_pb2.RunToExitResponse:
+        replies = CollectedReplies(context)
+        await _answered(context, self._execute_whole(request, replies))
+        return replies.response()
 
     async def AttachRun(  # type: ignore[override]
         self, request: exec_pb2.AttachRunRequest, context: grpc.aio.ServicerContext,
@@ -271,33 +237,50 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
             return exec_pb2.SignalRunResponse()
         return await _answered(context, signalled())
 
-    async def _execute(self, requests: AsyncIterator[exec_pb2.ExecuteRequest],
-                       replies: _ExecuteReplies) -> None:
+    async def _execute_whole(self, request: exec_pb2.RunRequest,
+                             replies: ExecuteReplies) -> None:
+        """A Run or RunToExit: the call given whole in one request, stdin included."""
+        if request.start.detach:
+            raise Denial(DenialKind.INVALID_ARGUMENT, "a Run cannot detach: leaving its stream "
+                         "stops the run; detach on an Execute stream")
+        start = exec_pb2.StartCall()
+        start.CopyFrom(request.start)
+        start.stdin = bool(request.stdin)
+        await self._execute(start, None, replies, request.stdin)
+
+    async def _execute(self, start: exec_pb2.StartCall,
+                       requests: AsyncIterator[exec_pb2.ExecuteRequest] | None,
+                       replies: ExecuteReplies, stdin: bytes = b"") -> None:
+        """The call ``start`` begins, the caller's later ``requests`` read by a task of their
+        own for the whole call; without any (a Run), ``stdin`` is the command's whole stdin."""
         principal = current_principal.get()
         snapshot = self._current.get()  # this call's policy, from its first step to its end
-        first = await anext(requests, None)
-        if first is None or first.WhichOneof("request") != "start":
-            raise Denial(DenialKind.INVALID_ARGUMENT,
-                         "the first message of Execute must be start")
-        call = _convert.tool_call(first.start)
+        call = _convert.tool_call(start)
         admitted = await self._calls.admit(principal, snapshot, call, replies.may_ask)
         control = _Control(call, principal, self._approvals)
-        reader = asyncio.create_task(control.read(requests))
-        reader.add_done_callback(_settled)
+        reader = None
+        if requests is None:
+            control.given(stdin)
+        else:
+            reader = asyncio.create_task(control.read(requests))
+            reader.add_done_callback(_settled)
         if admitted.prompt is not None:
+            assert reader is not None  # only a caller with a stream can be asked
             await self._ask(replies.context, control, reader, admitted)
-        entry = self._calls.start(admitted, detach=first.start.detach)
+        entry = self._calls.start(admitted, detach=start.detach)
         try:
             if self._fleet is not None:  # its record exists before its id is told
                 await self._fleet.registered(entry)
             control.attach(entry.run)
-            await replies.accepted(exec_pb2.ExecuteResponse(
-                accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
-            async for event in entry.read(first_heartbeat=replies.hold):
-                if isinstance(event, Exit) and reader.done() and isinstance(
-                        err := reader.exception(), Denial):
-                    raise err
-                await replies.event(_convert.execute_response(event))
+            await replies.accepted(entry)
+            async with contextlib.aclosing(entry.read(
+                    first_heartbeat=replies.hold, heartbeat=replies.heartbeat)) as events:
+                async for event in events:
+                    if isinstance(event, Exit) and reader is not None and reader.done() and (
+                            isinstance(err := reader.exception(), Denial)):
+                        raise err
+                    if not await replies.event(event):
+                        break
         finally:
             self._calls.left(entry, principal)
 

@@ -155,12 +155,11 @@ def test_leaving_a_run_stream_kills_the_whole_job(stub: exec_pb2_grpc.ExecServic
     assert _survivors(marker) == []
 
 
-def test_client_run_and_stream_take_run_and_a_callback_takes_execute(
+def test_client_stream_takes_run_and_a_callback_takes_execute(
         client: Client, daemon: Daemon) -> None:
-    ran = client.run(["echo", "a"], agent="dev").run_id
     streamed = next(iter(client.stream(["echo", "b"], agent="dev")))
     asked = next(iter(client.stream(["echo", "c"], agent="dev", on_approval=lambda r: True)))
     assert isinstance(streamed, Started) and isinstance(asked, Started)
-    for run_id, rpc in ((ran, "Run"), (streamed.run_id, "Run"), (asked.run_id, "Execute")):
+    for run_id, rpc in ((streamed.run_id, "Run"), (asked.run_id, "Execute")):
         [record] = daemon.audit("run.started", run_id=run_id)
         assert record["rpc"] == f"/execgate.v1.ExecService/{rpc}"

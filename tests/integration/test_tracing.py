@@ -80,8 +80,8 @@ def _stream(argv: list[str]) -> Callable[[Daemon], object]:
     return stream
 
 
-def _call_span(spans: list[Span], method: str = "Run") -> Span:
-    """The call's span: ``client.run`` is a Run call, a call with a callback an Execute."""
+def _call_span(spans: list[Span], method: str = "RunToExit") -> Span:
+    """The call's span: ``client.run`` is a RunToExit call, one with a callback an Execute."""
     [call] = [s for s in spans if s.name == f"execgate.v1.ExecService/{method}"]
     return call
 

@@ -194,15 +194,28 @@ async def test_another_principals_run_is_not_found(tmp_path: Path) -> None:
 
 
 async def test_a_replay_past_its_size_keeps_the_head_and_the_tail(tmp_path: Path) -> None:
-    """64 bytes of replay: the first 16 and the last 48 of 100 are kept, 36 counted dropped."""
+    """64 bytes of replay, read after the run: the first 16 and the last 48 of 100 are
+    kept, 36 counted dropped."""
+    data = bytes(range(100))
+    calls, _ = _calls(_Sandbox(output=data))
+    entry = calls.start(await calls.admit(ALICE, await _snapshot(tmp_path),
+                                    ToolCall("dev", "shell", ("true",))))
+    assert entry.pump is not None
+    await entry.pump  # nobody read it while it ran
+    events = await _events(calls, entry.id)
+    chunks = [e for e in events if isinstance(e, Output)]
+    assert [(c.offset, c.data) for c in chunks] == [(0, data[:16]), (52, data[52:])]
+    assert entry.replay.dropped[Stream.STDOUT] == 36
+
+
+async def test_a_reader_there_from_the_start_loses_nothing_past_the_replays_size(
+        tmp_path: Path) -> None:
     data = bytes(range(100))
     calls, _ = _calls(_Sandbox(output=data))
     entry = calls.start(await calls.admit(ALICE, await _snapshot(tmp_path),
                                     ToolCall("dev", "shell", ("true",))))
     events = await _events(calls, entry.id)
-    chunks = [e for e in events if isinstance(e, Output)]
-    assert [(c.offset, c.data) for c in chunks] == [(0, data[:16]), (52, data[52:])]
-    assert entry.replay.dropped[Stream.STDOUT] == 36
+    assert b"".join(e.data for e in events if isinstance(e, Output)) == data
 
 
 async def test_a_read_from_a_middle_offset_gets_the_rest(tmp_path: Path) -> None:

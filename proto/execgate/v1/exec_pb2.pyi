@@ -356,6 +356,34 @@ class RunResponse(_message.Message):
 Global___RunResponse: _TypeAlias = RunResponse  # noqa: Y015
 
 @_typing.final
+class RunToExitResponse(_message.Message):
+    """RunToExitResponse is a RunToExit call's events, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    CONTINUED_FIELD_NUMBER: _builtins.int
+    continued: _builtins.bool
+    """The run goes on past these events: read the rest with AttachRun from the offsets
+    after the last output of each stream.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecuteResponse]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ExecuteResponse] | None = ...,
+        continued: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continued", b"continued", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunToExitResponse: _TypeAlias = RunToExitResponse  # noqa: Y015
+
+@_typing.final
 class CloseStdin(_message.Message):
     """CloseStdin closes the command's stdin (end of file)."""
 

@@ -46,6 +46,11 @@ class ExecServiceStub:
                 request_serializer=execgate_dot_v1_dot_exec__pb2.RunRequest.SerializeToString,
                 response_deserializer=execgate_dot_v1_dot_exec__pb2.RunResponse.FromString,
                 _registered_method=True)
+        self.RunToExit = channel.unary_unary(
+                '/execgate.v1.ExecService/RunToExit',
+                request_serializer=execgate_dot_v1_dot_exec__pb2.RunRequest.SerializeToString,
+                response_deserializer=execgate_dot_v1_dot_exec__pb2.RunToExitResponse.FromString,
+                _registered_method=True)
         self.AttachRun = channel.unary_stream(
                 '/execgate.v1.ExecService/AttachRun',
                 request_serializer=execgate_dot_v1_dot_exec__pb2.AttachRunRequest.SerializeToString,
@@ -99,6 +104,20 @@ class ExecServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunToExit(self, request, context):
+        """RunToExit is Run answered once: a call's events in one response when it ends within
+        a second with at most 1 MiB of output (most of an agent's commands), a unary call
+        that costs both ends less than a stream. A run still going after that, or with more
+        output, is handed over: the response carries its events so far and `continued`, the
+        run goes on, its output waiting for the caller (as for a reader of Run), and the
+        caller reads the rest with AttachRun from the offsets it has. A run nobody attaches
+        to within runs.handover_grace (30 s) is stopped. Refusals are Run's. The client
+        library uses it for run() without an approval callback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AttachRun(self, request, context):
         """AttachRun streams one of the caller's runs from the given offsets: what its replay
         buffer still holds, then live output, then its exit. A run that ended stays
@@ -142,6 +161,11 @@ def add_ExecServiceServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=execgate_dot_v1_dot_exec__pb2.RunRequest.FromString,
                     response_serializer=execgate_dot_v1_dot_exec__pb2.RunResponse.SerializeToString,
+            ),
+            'RunToExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunToExit,
+                    request_deserializer=execgate_dot_v1_dot_exec__pb2.RunRequest.FromString,
+                    response_serializer=execgate_dot_v1_dot_exec__pb2.RunToExitResponse.SerializeToString,
             ),
             'AttachRun': grpc.unary_stream_rpc_method_handler(
                     servicer.AttachRun,
@@ -220,6 +244,33 @@ class ExecService:
             '/execgate.v1.ExecService/Run',
             execgate_dot_v1_dot_exec__pb2.RunRequest.SerializeToString,
             execgate_dot_v1_dot_exec__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunToExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execgate.v1.ExecService/RunToExit',
+            execgate_dot_v1_dot_exec__pb2.RunRequest.SerializeToString,
+            execgate_dot_v1_dot_exec__pb2.RunToExitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,16 @@ class ExecServiceStub:
     stream stops the run. One request and few messages back is gRPC's shortest path: the
     client library uses it for run() without an approval callback.
     """
+    RunToExit: _grpc.UnaryUnaryMultiCallable[_exec_pb2.RunRequest, _exec_pb2.RunToExitResponse]
+    """RunToExit is Run answered once: a call's events in one response when it ends within
+    a second with at most 1 MiB of output (most of an agent's commands), a unary call
+    that costs both ends less than a stream. A run still going after that, or with more
+    output, is handed over: the response carries its events so far and `continued`, the
+    run goes on, its output waiting for the caller (as for a reader of Run), and the
+    caller reads the rest with AttachRun from the offsets it has. A run nobody attaches
+    to within runs.handover_grace (30 s) is stopped. Refusals are Run's. The client
+    library uses it for run() without an approval callback.
+    """
     AttachRun: _grpc.UnaryStreamMultiCallable[_exec_pb2.AttachRunRequest, _exec_pb2.AttachRunResponse]
     """AttachRun streams one of the caller's runs from the given offsets: what its replay
     buffer still holds, then live output, then its exit. A run that ended stays
@@ -90,6 +100,16 @@ class ExecServiceAsyncStub(ExecServiceStub):
     the run's first event, so a short command's whole call is one message. Leaving the
     stream stops the run. One request and few messages back is gRPC's shortest path: the
     client library uses it for run() without an approval callback.
+    """
+    RunToExit: _aio.UnaryUnaryMultiCallable[_exec_pb2.RunRequest, _exec_pb2.RunToExitResponse]  # type: ignore[assignment]
+    """RunToExit is Run answered once: a call's events in one response when it ends within
+    a second with at most 1 MiB of output (most of an agent's commands), a unary call
+    that costs both ends less than a stream. A run still going after that, or with more
+    output, is handed over: the response carries its events so far and `continued`, the
+    run goes on, its output waiting for the caller (as for a reader of Run), and the
+    caller reads the rest with AttachRun from the offsets it has. A run nobody attaches
+    to within runs.handover_grace (30 s) is stopped. Refusals are Run's. The client
+    library uses it for run() without an approval callback.
     """
     AttachRun: _aio.UnaryStreamMultiCallable[_exec_pb2.AttachRunRequest, _exec_pb2.AttachRunResponse]  # type: ignore[assignment]
     """AttachRun streams one of the caller's runs from the given offsets: what its replay
@@ -137,6 +157,22 @@ class ExecServiceServicer(metaclass=_abc_1.ABCMeta):
         the run's first event, so a short command's whole call is one message. Leaving the
         stream stops the run. One request and few messages back is gRPC's shortest path: the
         client library uses it for run() without an approval callback.
+        """
+
+    @_abc_1.abstractmethod
+    def RunToExit(
+        self,
+        request: _exec_pb2.RunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exec_pb2.RunToExitResponse, _abc.Awaitable[_exec_pb2.RunToExitResponse]]:
+        """RunToExit is Run answered once: a call's events in one response when it ends within
+        a second with at most 1 MiB of output (most of an agent's commands), a unary call
+        that costs both ends less than a stream. A run still going after that, or with more
+        output, is handed over: the response carries its events so far and `continued`, the
+        run goes on, its output waiting for the caller (as for a reader of Run), and the
+        caller reads the rest with AttachRun from the offsets it has. A run nobody attaches
+        to within runs.handover_grace (30 s) is stopped. Refusals are Run's. The client
+        library uses it for run() without an approval callback.
         """
 
     @_abc_1.abstractmethod
