@@ -303,10 +303,10 @@ class Client:
 
     def __init__(self, target: str | Sequence[str] | None = None, *,
                  token: str | None = None, tls: TLSConfig | None = None) -> None:
-        self.target, options = channel_target(resolve_target(target))
+        self.target, balancing = channel_target(resolve_target(target))
         token = resolve_token(self.target, token)
         self._credentials = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [*_CHANNEL_OPTIONS, *options]
+        options = [*_CHANNEL_OPTIONS, *balancing]
         self._channel = (grpc.secure_channel(self.target, tls.credentials(), options=options)
                          if tls else grpc.insecure_channel(self.target, options=options))
         self._exec = exec_pb2_grpc.ExecServiceStub(self._channel)
@@ -314,8 +314,9 @@ class Client:
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
         self._without_run = False
         """The daemon answered that it has no Run (an older one): run() takes Execute."""
-        self._without_run_to_exit = False
-        """The daemon answered that it has no RunToExit: run() takes stream()."""
+        self._without_run_to_exit = bool(balancing)
+        """run() takes stream(): the daemon answered that it has no RunToExit, or calls are
+        spread over a fleet's daemons (reading on could reach another one, a hop away)."""
 
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -441,8 +442,10 @@ class Client:
         unless ``on_approval`` or a stdin iterator is given: then ``stream``'s events."""
         check_argv(argv)
         collector = Collector()
-        request = run_request(start_request(argv, agent, tool, None, cwd, env, timeout,
-                                            stdin is not None, False), stdin, on_approval, False)
+        start = start_request(argv, agent, tool, None, cwd, env, timeout, stdin is not None,
+                              False)
+        request = run_request(start, stdin, on_approval, False)
+        events: Iterator[Event] | None = None
         if request is not None and not self._without_run_to_exit:
             try:
                 response = self._exec.RunToExit(request, metadata=self._metadata)
@@ -450,13 +453,17 @@ class Client:
                 error = from_rpc_error(exc)
                 if not execute_instead(error):
                     raise error from None
-                self._without_run_to_exit |= error.status is grpc.StatusCode.UNIMPLEMENTED
+                if error.status is grpc.StatusCode.UNIMPLEMENTED:
+                    self._without_run_to_exit = True
+                else:  # the policy asks a person: only an Execute stream can wait for one
+                    events = self._execute_events(start, stdin, deny_without_a_callback)
             else:
                 if collected(response, collector):
                     self._read_on(collector)
                 return finished(collector.result(), check, text, encoding)
-        for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
-                                 timeout=timeout, stdin=stdin, on_approval=on_approval):
+        for event in events or self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
+                                           timeout=timeout, stdin=stdin,
+                                           on_approval=on_approval):
             collector.add(event)
         return finished(collector.result(), check, text, encoding)
 
@@ -581,10 +588,10 @@ class AsyncClient:
 
     def __init__(self, target: str | Sequence[str] | None = None, *,
                  token: str | None = None, tls: TLSConfig | None = None) -> None:
-        self.target, options = channel_target(resolve_target(target))
+        self.target, balancing = channel_target(resolve_target(target))
         token = resolve_token(self.target, token)
         self._credentials = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [*_CHANNEL_OPTIONS, *options]
+        options = [*_CHANNEL_OPTIONS, *balancing]
         self._channel = (
             grpc.aio.secure_channel(self.target, tls.credentials(), options=options)
             if tls else grpc.aio.insecure_channel(self.target, options=options))
@@ -593,8 +600,9 @@ class AsyncClient:
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
         self._without_run = False
         """The daemon answered that it has no Run (an older one): run() takes Execute."""
-        self._without_run_to_exit = False
-        """The daemon answered that it has no RunToExit: run() takes stream()."""
+        self._without_run_to_exit = bool(balancing)
+        """run() takes stream(): the daemon answered that it has no RunToExit, or calls are
+        spread over a fleet's daemons (reading on could reach another one, a hop away)."""
 
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -719,8 +727,10 @@ class AsyncClient:
         unless ``on_approval`` or a stdin iterator is given: then ``stream``'s events."""
         check_argv(argv)
         collector = Collector()
-        request = run_request(start_request(argv, agent, tool, None, cwd, env, timeout,
-                                            stdin is not None, False), stdin, on_approval, False)
+        start = start_request(argv, agent, tool, None, cwd, env, timeout, stdin is not None,
+                              False)
+        request = run_request(start, stdin, on_approval, False)
+        events: AsyncIterator[Event] | None = None
         if request is not None and not self._without_run_to_exit:
             try:
                 response = await self._exec.RunToExit(request, metadata=self._metadata)
@@ -728,13 +738,17 @@ class AsyncClient:
                 error = from_rpc_error(exc)
                 if not execute_instead(error):
                     raise error from None
-                self._without_run_to_exit |= error.status is grpc.StatusCode.UNIMPLEMENTED
+                if error.status is grpc.StatusCode.UNIMPLEMENTED:
+                    self._without_run_to_exit = True
+                else:  # the policy asks a person: only an Execute stream can wait for one
+                    events = self._execute_events(start, stdin, deny_without_a_callback)
             else:
                 if collected(response, collector):
                     await self._read_on(collector)
                 return finished(collector.result(), check, text, encoding)
-        async for event in self.stream(argv, agent=agent, tool=tool, cwd=cwd, env=env,
-                                       timeout=timeout, stdin=stdin, on_approval=on_approval):
+        async for event in events or self.stream(argv, agent=agent, tool=tool, cwd=cwd,
+                                                 env=env, timeout=timeout, stdin=stdin,
+                                                 on_approval=on_approval):
             collector.add(event)
         return finished(collector.result(), check, text, encoding)
 

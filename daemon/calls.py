@@ -16,6 +16,7 @@ For anyone else a run does not exist: the same NOT_FOUND as an unknown id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -102,18 +103,24 @@ class RunEntry:
         """Output from these offsets, then the exit; Heartbeats while quiet, every
         ``heartbeat`` seconds (default: the policy's; the first after ``first_heartbeat``,
         when given). A detached run with nobody reading gets
-        ``runs.detached_max_time`` before it is stopped."""
-        if self.unattended is not None:
+        ``runs.detached_max_time`` before it is stopped. A run handed over to its caller is
+        claimed by the first reader that reads all its hold keeps (another, an operator
+        tailing it, leaves the hold and its grace as they are)."""
+        taking = None
+        if self.held is not None and self.replay.covers(self.held, stdout_offset,
+                                                        stderr_offset):
+            taking, self.held = self.held, None
+        if self.unattended is not None and self.held is None:
             self.unattended.cancel()
             self.unattended = None
-        held, self.held = self.held, None
         try:
-            async for event in self.replay.read(
+            async with contextlib.aclosing(self.replay.read(
                     stdout_offset, stderr_offset, heartbeat or self.runs.heartbeat_interval,
-                    first_heartbeat, taking=held):
-                yield event
+                    first_heartbeat, taking=taking)) as events:
+                async for event in events:
+                    yield event
         finally:
-            if self.replay.readers == 0 and self.exit is None:
+            if self.replay.readers == 0 and self.exit is None and self.unattended is None:
                 if self.handed_over:
                     self.unattended = asyncio.get_running_loop().call_later(
                         self.runs.handover_grace, self._unclaimed)
@@ -126,17 +133,30 @@ class RunEntry:
     def hand_over(self, stdout_offset: int, stderr_offset: int) -> None:
         """The call answers before the exit: its caller reads on with AttachRun from these
         offsets. Until it attaches, the output waits for it as for a reader there; unless it
-        attaches within ``runs.handover_grace``, the run is stopped."""
+        attaches within ``runs.handover_grace``, the run is stopped (and its output let go).
+        A caller that attaches and leaves early gets the grace again, without a hold."""
         self.handed_over = True
         self.held = self.replay.hold(stdout_offset, stderr_offset)
         self.unattended = asyncio.get_running_loop().call_later(self.runs.handover_grace,
                                                                 self._unclaimed)
 
-    def _unclaimed(self) -> None:
-        self.unattended = None
+    def finished(self) -> None:
+        """The run ended: nothing stops it any more. A hold stays until its caller attaches
+        or the grace passes (the output it keeps is the caller's)."""
+        if self.unattended is not None and self.held is None:
+            self.unattended.cancel()
+            self.unattended = None
+
+    def let_go(self) -> None:
+        """Stop keeping output for a caller still to come (the run is being stopped: its
+        end must not wait for a reader that may never come)."""
         if self.held is not None:
             self.replay.unhold(self.held)
             self.held = None
+
+    def _unclaimed(self) -> None:
+        self.unattended = None
+        self.let_go()
         if self.exit is None:
             self.run.stop(ExitReason.TIMEOUT, f"handed over to its caller, who did not read on "
                           f"within {self.runs.handover_grace:g}s (runs.handover_grace)")
@@ -175,8 +195,9 @@ class Calls:
         self._entries: dict[str, RunEntry] = {}
         self._running: set[str] = set()
         self._forget: dict[str, asyncio.TimerHandle] = {}
-        self._retained: dict[str, RunEntry] = {}
-        """Finished runs whose output is still held, the oldest first."""
+        self._retained: dict[str, tuple[RunEntry, int]] = {}
+        """Finished runs whose output is still held, the oldest first, with the bytes they
+        were counted for (a buffer may shrink after: a reader that held it back left)."""
         self._retained_bytes = 0
         self._waiting: dict[tuple[str, str], int] = {}  # approvals pending, per principal
         self._idle = asyncio.Event()
@@ -298,6 +319,7 @@ class Calls:
         entry = self.find(principal, run_id, runs)
         if entry.exit is None:
             self._audit.run_cancelled(entry.id, principal)
+            entry.let_go()
             entry.run.stop(ExitReason.CANCELLED, f"cancelled by {principal.subject}")
 
     def signal(self, principal: Principal, run_id: str, sig: int,
@@ -327,6 +349,7 @@ class Calls:
         SIGKILL after the tool's kill grace); each reader gets its run's Exit."""
         self._stopping = True
         for run_id in list(self._running):
+            self._entries[run_id].let_go()
             self._entries[run_id].run.stop(ExitReason.DAEMON_STOPPING)
         for handle in self._forget.values():
             handle.cancel()
@@ -365,8 +388,7 @@ class Calls:
                 entry.replay.append(event)
             else:
                 entry.replay.finish(event)
-        if entry.unattended is not None:
-            entry.unattended.cancel()
+        entry.finished()
         if self._registry is not None:
             self._registry.ended(entry)
         if not self._stopping:
@@ -377,17 +399,18 @@ class Calls:
     def _retain(self, entry: RunEntry) -> None:
         """Keep a finished run's output for attachers within RETAINED_BYTES in all: past it
         the oldest finished runs' output goes first (their exit stays until retention)."""
-        self._retained[entry.id] = entry
+        self._retained[entry.id] = (entry, entry.replay.held_bytes)
         self._retained_bytes += entry.replay.held_bytes
         while self._retained_bytes > RETAINED_BYTES and self._retained:
-            oldest = self._retained.pop(next(iter(self._retained)))
-            self._retained_bytes -= oldest.replay.release()
+            oldest, counted = self._retained.pop(next(iter(self._retained)))
+            oldest.replay.release()
+            self._retained_bytes -= counted
 
     def _forget_entry(self, run_id: str) -> None:
         self._forget.pop(run_id, None)
         retained = self._retained.pop(run_id, None)
         if retained is not None:
-            self._retained_bytes -= retained.replay.held_bytes
+            self._retained_bytes -= retained[1]
         if self._entries.pop(run_id, None) is not None:
             self._audit.run_forgotten(run_id)
             if self._registry is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 
 from execgate.daemon.model import Exit, Output, RunEvent, Stream
@@ -39,10 +39,6 @@ class _Cursor:
 
     seq: int
     offsets: dict[Stream, int] = field(default_factory=dict)
-
-    @property
-    def position(self) -> int:
-        return sum(self.offsets.values())
 
 
 ReplayHold = _Cursor
@@ -68,6 +64,9 @@ class Replay:
         """Bytes of each stream no longer held (between the head and the tail)."""
         self.exit: Exit | None = None
         self._cursors: set[_Cursor] = set()
+        """The readers' places."""
+        self._holds: set[_Cursor] = set()
+        """Places kept for readers still to come (``hold``)."""
         self._news: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -122,36 +121,43 @@ class Replay:
         return freed
 
     def hold(self, stdout_offset: int, stderr_offset: int) -> ReplayHold:
-        """Keep the output from these offsets for a reader still to come: until ``unhold``,
-        the run's output waits for it (``room``) as for a reader attached there. Returns
-        what ``unhold`` takes."""
-        cursor = _Cursor(0, {Stream.STDOUT: stdout_offset, Stream.STDERR: stderr_offset})
-        self._cursors.add(cursor)
-        return cursor
+        """Keep the output from these offsets for a reader still to come: until ``unhold``
+        (or a reader takes it over, ``read``), the run's output waits for it (``room``) as
+        for a reader there, and none of it is dropped."""
+        held = _Cursor(0, {Stream.STDOUT: stdout_offset, Stream.STDERR: stderr_offset})
+        self._holds.add(held)
+        return held
 
     def unhold(self, held: ReplayHold) -> None:
         """Let go of what ``hold`` kept."""
-        if held in self._cursors:
-            self._cursors.discard(held)
+        if held in self._holds:
+            self._holds.discard(held)
             self._trim()
             self._wake()
 
+    @staticmethod
+    def covers(held: ReplayHold, stdout_offset: int, stderr_offset: int) -> bool:
+        """Whether a reader from these offsets reads all that ``held`` keeps."""
+        return (stdout_offset <= held.offsets[Stream.STDOUT]
+                and stderr_offset <= held.offsets[Stream.STDERR])
+
     async def room(self) -> None:
-        """Wait while an attached reader lags too far behind."""
-        while any(self._lag(c) >= HIGH_WATER for c in self._cursors):
+        """Wait while an attached reader (or a hold) lags too far behind."""
+        while any(self._lag(c) >= HIGH_WATER for c in (*self._cursors, *self._holds)):
             await asyncio.shield(self._news)
 
     async def read(self, stdout_offset: int, stderr_offset: int,
                    heartbeat: float | None = None, first_heartbeat: float | None = None,
-                   taking: ReplayHold | None = None) -> AsyncIterator[RunEvent | Heartbeat]:
+                   taking: ReplayHold | None = None,
+                   ) -> AsyncGenerator[RunEvent | Heartbeat, None]:
         """Output from these offsets on (what is still held, then live), then the exit; a
         Heartbeat after each ``heartbeat`` seconds without either (the first one after
-        ``first_heartbeat``, when given). The reader takes the place of ``taking``, a hold
-        let go once the reader's own place is kept."""
+        ``first_heartbeat``, when given). The reader takes over ``taking``, a hold it
+        ``covers``: let go once the reader's own place is kept."""
         cursor = _Cursor(0, {Stream.STDOUT: stdout_offset, Stream.STDERR: stderr_offset})
         self._cursors.add(cursor)
         if taking is not None:
-            self._cursors.discard(taking)
+            self.unhold(taking)
         wait = first_heartbeat if first_heartbeat is not None else heartbeat
         try:
             while True:
@@ -217,11 +223,11 @@ class Replay:
     def _trim(self) -> None:
         """Drop the oldest of the tail past its room, but never what a reader (or a hold)
         has still to read: the output waits for it instead (``room``), so the tail may hold
-        up to HIGH_WATER and a chunk more while one lags."""
+        up to HIGH_WATER and a chunk more while one lags, whatever the buffer's size."""
         while self._tail_bytes > self._tail_room:
             first = self._tail[0]
             end = first.offset + len(first.data)
-            if any(c.offsets[first.stream] < end for c in self._cursors):
+            if any(c.offsets[first.stream] < end for c in (*self._cursors, *self._holds)):
                 break
             excess = self._tail_bytes - self._tail_room
             if len(first.data) <= excess:
@@ -236,7 +242,10 @@ class Replay:
             self.dropped[first.stream] += cut
 
     def _lag(self, cursor: _Cursor) -> int:
-        return sum(self.offsets.values()) - cursor.position
+        """Bytes written that ``cursor`` has still to read (a stream it asked to read from
+        past its end adds nothing)."""
+        return sum(max(0, written - cursor.offsets[stream])
+                   for stream, written in self.offsets.items())
 
     def _wake(self) -> None:
         if not self._news.done():

@@ -544,8 +544,9 @@ class RunsConfig(_Strict):
     then it is stopped with reason TIMEOUT. Its tool's max_execution_time still applies."""
     handover_grace: Duration = 30.0
     """How long a run RunToExit handed over to its caller (answering before the run's exit)
-    waits for the caller to attach, or to attach again after leaving early; then it is
-    stopped with reason TIMEOUT. Its output waits for the caller meanwhile."""
+    waits for the caller to attach, its output held for it meanwhile (up to 2 MiB ahead,
+    then the command waits), or to attach again after leaving early; then it is stopped
+    with reason TIMEOUT. CancelRun and the daemon's shutdown let the held output go."""
     heartbeat_interval: Duration = 15.0
     """A quiet Execute, Run or AttachRun stream gets a heartbeat message this often."""
     max_running_per_principal: Count = 32

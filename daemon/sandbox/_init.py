@@ -19,9 +19,10 @@ CPU affinity, I/O priority, scheduling attributes) has changed; only after a job
 (a refused one may mean the jail was replaced on the host); and only when the jobs cannot
 change its namespaces for the next one (they hold no capability in them, or it has none of
 its own and they share the host's, as every such job does). SysV IPC and keyrings are the
-host's for every job, reused init or not. Otherwise it exits after its report, and the
-kernel ends whatever is left in its namespaces: setsid and double forks cannot outlive the
-job.
+host's for every job, reused init or not. It reports a job's exit first (nothing of the
+job runs by then) and its verdict on taking another after these checks, so that the job's
+caller does not wait for them. Otherwise it exits after its verdict, and the kernel ends
+whatever is left in its namespaces: setsid and double forks cannot outlive the job.
 """
 
 from __future__ import annotations

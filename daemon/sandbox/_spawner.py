@@ -4,10 +4,10 @@ The helper makes job inits ahead of need, one pool per kind of job (in effect pe
 view, /tmp, Landlock ruleset, cgroup limits, user and rlimits, prepared by the init while it
 waits), and hands each to this process with a pidfd of it. A job goes straight to a waiting
 init with its three pipe ends, and the init's report comes straight back: one hop each way,
-the helper on neither. An init whose job left nothing behind says so in its report and goes
-back to its pool for the next job of its kind, so that a stream of short commands costs no
-new init at all. Only a job whose kind has no waiting init asks the helper for one, and
-waits for it.
+the helper on neither. An init whose job left nothing behind says so in its verdict, which
+follows the report, and goes back to its pool for the next job of its kind, so that a stream
+of short commands costs no new init at all. Only a job whose kind has no waiting init asks
+the helper for one, and waits for it.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ExitStatus:
     """The sandbox could not set the job up (nothing ran)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Init:
     """A waiting init, offered by the helper."""
 
@@ -142,6 +142,8 @@ class Spawner:
         """Kinds the running helper has been told (a Want carries a kind only once)."""
         self._waiting: dict[str, collections.deque[_Waiting]] = {}
         self._running: dict[int, Job] = {}
+        self._judging: set[_Init] = set()
+        """Inits that reported and have yet to say whether they take another job."""
         self._pongs: dict[int, asyncio.Future[None]] = {}
         self._broken: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -274,6 +276,7 @@ class Spawner:
         self._running.pop(job.id, None)
         limits = events(init.counters)
         if report is not None and not job.killed:  # its verdict comes next
+            self._judging.add(init)
             self._loop.add_reader(init.sock.fileno(), self._on_verdict, init)
         else:
             self._loop.remove_reader(init.sock.fileno())
@@ -295,7 +298,8 @@ class Spawner:
         except (OSError, ValueError):
             verdict = None
         self._loop.remove_reader(init.sock.fileno())
-        if verdict is not None and verdict.get("again"):
+        self._judging.discard(init)
+        if verdict is not None and verdict.get("again") and self._broken is None:
             self._reuse(init)
         else:
             _close(init)
@@ -418,10 +422,16 @@ class Spawner:
         """Stop the helper; it kills every init it made, and so every job."""
         if self._loop is not None and self._broken is None:
             self._loop.remove_reader(self._sock)
+        self._broken = "the daemon is stopping"
         for idle in self._idle.values():
             for init in idle:
                 _close(init)
         self._idle.clear()
+        for init in self._judging:
+            if self._loop is not None:
+                self._loop.remove_reader(init.sock.fileno())
+            _close(init)
+        self._judging.clear()
         self._sock.close()
         try:
             self._proc.wait(timeout=5)

@@ -104,8 +104,8 @@ class _Control:
             run.close_stdin()
 
     def given(self, stdin: bytes) -> None:
-        """A Run's: its whole stdin, written once the run starts, then closed (a call without
-        stdin has none to close: its stdin is /dev/null)."""
+        """A Run's or RunToExit's: its whole stdin, written once the run starts, then closed
+        (a call without stdin has none to close: its stdin is /dev/null)."""
         if stdin:
             self._early, self._early_closed = [stdin], True
 
@@ -241,8 +241,8 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
                              replies: ExecuteReplies) -> None:
         """A Run or RunToExit: the call given whole in one request, stdin included."""
         if request.start.detach:
-            raise Denial(DenialKind.INVALID_ARGUMENT, "a Run cannot detach: leaving its stream "
-                         "stops the run; detach on an Execute stream")
+            raise Denial(DenialKind.INVALID_ARGUMENT, "a Run or RunToExit cannot detach; "
+                         "detach on an Execute stream")
         start = exec_pb2.StartCall()
         start.CopyFrom(request.start)
         start.stdin = bool(request.stdin)
@@ -318,8 +318,10 @@ class ExecService(exec_pb2_grpc.ExecServiceServicer):
         self._calls.attached(entry, principal)
         await context.write(exec_pb2.AttachRunResponse(
             accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
-        async for event in entry.read(request.stdout_offset, request.stderr_offset):
-            await context.write(_convert.attach_response(event))
+        async with contextlib.aclosing(entry.read(request.stdout_offset,
+                                                  request.stderr_offset)) as events:
+            async for event in events:
+                await context.write(_convert.attach_response(event))
 
     def _elsewhere(self, denial: Denial, context: grpc.aio.ServicerContext) -> FleetRuns:
         """The fleet, to look for a run this host does not hold; re-raises ``denial`` when

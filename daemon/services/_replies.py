@@ -13,7 +13,7 @@ import time
 import grpc
 
 from execgate.daemon.calls import RunEntry
-from execgate.daemon.model import Exit, Output, RunEvent, Stream
+from execgate.daemon.model import Output, RunEvent, Stream
 from execgate.daemon.replay import Heartbeat
 from execgate.daemon.services import _convert
 from execgate.v1 import exec_pb2
@@ -22,10 +22,11 @@ ACCEPTED_HOLD = 0.05
 """Seconds a Run's ``accepted`` waits for the run's first event; a run quiet for longer has
 its id sent then, with a heartbeat."""
 COLLECT_SECONDS = 1.0
-"""How long a RunToExit call waits for its run's exit before handing the run over."""
+"""How long a RunToExit call waits for its run's exit, from its start, before handing the
+run over."""
 COLLECT_BYTES = 1024 * 1024
-"""Output a RunToExit response carries before the run is handed over (a response holds
-at most this plus one replay message: well under gRPC's 4 MiB)."""
+"""Bytes of events a RunToExit response carries before the run is handed over (a response
+holds at most this plus one replay message and the exit: well under gRPC's 4 MiB)."""
 
 
 class ExecuteReplies:
@@ -91,7 +92,7 @@ class CollectedReplies(ExecuteReplies):
         self._entry: RunEntry | None = None
         self._offsets = {Stream.STDOUT: 0, Stream.STDERR: 0}
         self._bytes = 0
-        self._until = time.monotonic() + COLLECT_SECONDS
+        self._until = 0.0
 
     def response(self) -> exec_pb2.RunToExitResponse:
         """The call's answer."""
@@ -99,20 +100,23 @@ class CollectedReplies(ExecuteReplies):
 
     async def accepted(self, entry: RunEntry) -> None:
         self._entry = entry
-        self.events.append(exec_pb2.ExecuteResponse(
+        self._until = time.monotonic() + COLLECT_SECONDS
+        self._keep(exec_pb2.ExecuteResponse(
             accepted=_convert.accepted(entry.id, entry.plan, entry.layers)))
 
     async def event(self, event: RunEvent | Heartbeat) -> bool:
+        assert self._entry is not None
         if isinstance(event, Output):
             self._offsets[event.stream] = event.offset + len(event.data)
-            self._bytes += len(event.data)
         if not isinstance(event, Heartbeat):  # the answer itself says the run is alive
-            self.events.append(_convert.execute_response(event))
-        if isinstance(event, Exit):
+            self._keep(_convert.execute_response(event))
+        if (self._entry.exit is not None  # its exit is next: no need to hand it over
+                or (self._bytes < COLLECT_BYTES and time.monotonic() < self._until)):
             return True
-        if self._bytes < COLLECT_BYTES and time.monotonic() < self._until:
-            return True
-        assert self._entry is not None
         self._entry.hand_over(self._offsets[Stream.STDOUT], self._offsets[Stream.STDERR])
         self.continued = True
         return False
+
+    def _keep(self, response: exec_pb2.ExecuteResponse) -> None:
+        self.events.append(response)
+        self._bytes += response.ByteSize()

@@ -161,5 +161,7 @@ def test_cancelling_an_async_run_while_it_reads_on_stops_the_run(daemon: Daemon)
                 await task
 
     asyncio.run(cancelled())
-    assert daemon.audit("run.cancelled")  # by the client, not after runs.handover_grace
+    with daemon.client() as client:
+        [run] = [r for r in client.runs() if r.argv == ("sh", "-c", f"sleep {marker}")]
+    assert daemon.audit("run.cancelled", run_id=run.run_id)  # not runs.handover_grace
     assert _survivors(marker) == []

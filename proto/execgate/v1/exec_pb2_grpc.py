@@ -106,7 +106,7 @@ class ExecServiceServicer:
 
     def RunToExit(self, request, context):
         """RunToExit is Run answered once: a call's events in one response when it ends within
-        a second with at most 1 MiB of output (most of an agent's commands), a unary call
+        a second with under 1 MiB of events (most of an agent's commands), a unary call
         that costs both ends less than a stream. A run still going after that, or with more
         output, is handed over: the response carries its events so far and `continued`, the
         run goes on, its output waiting for the caller (as for a reader of Run), and the

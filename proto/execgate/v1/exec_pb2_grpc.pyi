@@ -55,7 +55,7 @@ class ExecServiceStub:
     """
     RunToExit: _grpc.UnaryUnaryMultiCallable[_exec_pb2.RunRequest, _exec_pb2.RunToExitResponse]
     """RunToExit is Run answered once: a call's events in one response when it ends within
-    a second with at most 1 MiB of output (most of an agent's commands), a unary call
+    a second with under 1 MiB of events (most of an agent's commands), a unary call
     that costs both ends less than a stream. A run still going after that, or with more
     output, is handed over: the response carries its events so far and `continued`, the
     run goes on, its output waiting for the caller (as for a reader of Run), and the
@@ -103,7 +103,7 @@ class ExecServiceAsyncStub(ExecServiceStub):
     """
     RunToExit: _aio.UnaryUnaryMultiCallable[_exec_pb2.RunRequest, _exec_pb2.RunToExitResponse]  # type: ignore[assignment]
     """RunToExit is Run answered once: a call's events in one response when it ends within
-    a second with at most 1 MiB of output (most of an agent's commands), a unary call
+    a second with under 1 MiB of events (most of an agent's commands), a unary call
     that costs both ends less than a stream. A run still going after that, or with more
     output, is handed over: the response carries its events so far and `continued`, the
     run goes on, its output waiting for the caller (as for a reader of Run), and the
@@ -166,7 +166,7 @@ class ExecServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_exec_pb2.RunToExitResponse, _abc.Awaitable[_exec_pb2.RunToExitResponse]]:
         """RunToExit is Run answered once: a call's events in one response when it ends within
-        a second with at most 1 MiB of output (most of an agent's commands), a unary call
+        a second with under 1 MiB of events (most of an agent's commands), a unary call
         that costs both ends less than a stream. A run still going after that, or with more
         output, is handed over: the response carries its events so far and `continued`, the
         run goes on, its output waiting for the caller (as for a reader of Run), and the
