@@ -26,7 +26,7 @@ from execgate.daemon import snapshot
 from execgate.daemon.approvals import Approvals
 from execgate.daemon.audit import Audit
 from execgate.daemon.config import ConfigError, PolicyConfig, RateLimitConfig
-from execgate.daemon.heap import HeapTrimmer, glibc_trim
+from execgate.daemon.heap import HeapTrimmer, glibc_trim, keep_big_blocks
 from execgate.daemon.limits import RateLimiter, RunSlots
 from execgate.daemon.model import Denial
 from execgate.daemon.observe import ObserverError, Observing
@@ -112,6 +112,7 @@ async def serve(config: PolicyConfig, checked: Preflight,
     trim = glibc_trim()
     if trim is not None:  # freed output buffers lie scattered in glibc's arenas
         observing.audit.subscribe(HeapTrimmer(trim))
+        keep_big_blocks()
     spawner = Spawner.start()
     lifecycle = Lifecycle(config, checked, spawner, notifier, reload, observing)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 from execgate.daemon.audit import AuditRecord
 from execgate.daemon.heap import HeapTrimmer, glibc_trim
@@ -59,3 +61,28 @@ def test_glibc_trim_gives_back_free_memory_below_memory_still_in_use() -> None:
     freed.clear()
     assert trim() > 2**20
     assert len(pinned) == 4096
+
+
+_MAPPED_BLOCKS = """
+import ctypes
+from execgate.daemon.heap import keep_big_blocks
+FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+          "fordblks", "keepcost")
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+def mmapped(size):
+    before = libc.mallinfo2().hblks
+    block = bytearray(size)
+    return libc.mallinfo2().hblks - before
+print(mmapped(3 << 20), keep_big_blocks(), mmapped(3 << 20))
+"""
+
+
+def test_after_keep_big_blocks_an_output_sized_block_comes_from_the_heap() -> None:
+    """glibc mmaps a 3 MiB block by default; after keep_big_blocks it does not (its own
+    process: the setting is the whole process's)."""
+    out = subprocess.run([sys.executable, "-c", _MAPPED_BLOCKS], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["1", "True", "0"]
