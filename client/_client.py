@@ -151,6 +151,16 @@ def execute_instead(error: RPCError) -> bool:
         isinstance(error, ApprovalDeniedError) and ".require_approval" in error.rule)
 
 
+def without_run_to_exit(exc: grpc.RpcError) -> bool:
+    """For a RunToExit call refused before anything ran: raises the refusal unless another
+    RPC can still make the call; True when the daemon has no RunToExit (take ``stream``),
+    False when the policy asks a person (only an Execute stream can wait for one)."""
+    error = from_rpc_error(exc)
+    if not execute_instead(error):
+        raise error from None
+    return error.status is grpc.StatusCode.UNIMPLEMENTED
+
+
 def collected(response: exec_pb2.RunToExitResponse, collector: Collector) -> bool:
     """Add a RunToExit answer's events to ``collector``; whether the run goes on (read the
     rest with AttachRun from ``collector.offsets``)."""
@@ -450,10 +460,7 @@ class Client:
             try:
                 response = self._exec.RunToExit(request, metadata=self._metadata)
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if not execute_instead(error):
-                    raise error from None
-                if error.status is grpc.StatusCode.UNIMPLEMENTED:
+                if without_run_to_exit(exc):
                     self._without_run_to_exit = True
                 else:  # the policy asks a person: only an Execute stream can wait for one
                     events = self._execute_events(start, stdin, deny_without_a_callback)
@@ -735,10 +742,7 @@ class AsyncClient:
             try:
                 response = await self._exec.RunToExit(request, metadata=self._metadata)
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if not execute_instead(error):
-                    raise error from None
-                if error.status is grpc.StatusCode.UNIMPLEMENTED:
+                if without_run_to_exit(exc):
                     self._without_run_to_exit = True
                 else:  # the policy asks a person: only an Execute stream can wait for one
                     events = self._execute_events(start, stdin, deny_without_a_callback)
