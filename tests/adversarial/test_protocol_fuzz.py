@@ -259,6 +259,11 @@ def _unary_request(method: str, live: _Live, rng: random.Random) -> bytes:
             [0, 18, 19, 28, 65, -1, 2**31 - 1, -(2**31)])).SerializeToString()
     if method.endswith("/ListAgents"):
         return agents_pb2.ListAgentsRequest().SerializeToString()
+    if method.endswith(("/Run", "/RunToExit")):
+        return exec_pb2.RunRequest(start=exec_pb2.StartCall(
+            agent="dev", tool="shell", argv=rng.choice([["true"], ["echo", _text(rng)],
+                                                        ["rm", "x"], []]),
+            detach=rng.random() < 0.1), stdin=rng.choice([b"", b"in"])).SerializeToString()
     return b""  # ListRuns, WatchApprovals
 
 
@@ -267,9 +272,12 @@ RUNS = hasattr(exec_pb2, "ListRunsRequest")
 UNARY = ("/execgate.v1.AgentService/ListAgents", "/execgate.v1.ApprovalService/GetApproval",
          "/execgate.v1.ApprovalService/DecideApproval", *(
              ("/execgate.v1.ExecService/ListRuns", "/execgate.v1.ExecService/CancelRun",
-              "/execgate.v1.ExecService/SignalRun") if RUNS else ()))
+              "/execgate.v1.ExecService/SignalRun") if RUNS else ()),
+         *(("/execgate.v1.ExecService/RunToExit",) if hasattr(exec_pb2, "RunToExitResponse")
+           else ()))
 STREAMING = ("/execgate.v1.ApprovalService/WatchApprovals",
-             *(("/execgate.v1.ExecService/AttachRun",) if RUNS else ()))
+             *(("/execgate.v1.ExecService/AttachRun",) if RUNS else ()),
+             *(("/execgate.v1.ExecService/Run",) if hasattr(exec_pb2, "RunRequest") else ()))
 
 
 def _payload(method: str, live: _Live, rng: random.Random) -> bytes:
@@ -347,8 +355,8 @@ def _still_serving(fuzzed: Daemon) -> None:
 
 def test_no_malformed_call_to_another_service_ends_in_unknown_or_internal(
         fuzzed: Daemon) -> None:
-    """ListAgents, the approval RPCs and the runs RPCs: noise, mutated, many-field and huge
-    requests, bad credentials, streams read a little then cancelled."""
+    """ListAgents, the approval RPCs, the runs RPCs, Run and RunToExit: noise, mutated,
+    many-field and huge requests, bad credentials, streams read a little then cancelled."""
     rng = random.Random(SEED + 2)
     since = len(fuzzed.stderr_lines)
     with grpc.insecure_channel(fuzzed.target) as channel, ThreadPoolExecutor(WORKERS) as pool:
